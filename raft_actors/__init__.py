@@ -1,0 +1,36 @@
+"""raft_actors: Raft consensus on Ray actors.
+
+Quick start::
+
+    from raft_actors import RaftCluster, KVStore
+
+    with RaftCluster.launch(num_nodes=3, state_machine=KVStore) as cluster:
+        client = cluster.client()
+        client.submit(("put", "x", 1))
+        print(client.query(("get", "x")))   # 1, linearizable
+        print(cluster.status())
+"""
+
+from .client import AsyncRaftClient, RaftClient
+from .cluster import RaftCluster
+from .config import RaftConfig
+from .errors import (
+    ClusterUnavailableError,
+    CommandError,
+    CommandRejectedError,
+    LeadershipLostError,
+    NodeNotFoundError,
+    NotLeaderError,
+    RaftError,
+    RaftTimeoutError,
+    UnknownOutcomeError,
+)
+from .state_machines import Counter, KVStore, StateMachine
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncRaftClient", "ClusterUnavailableError", "CommandError", "CommandRejectedError", "Counter",
+    "KVStore", "LeadershipLostError", "NodeNotFoundError", "NotLeaderError", "RaftClient", "RaftCluster",
+    "RaftConfig", "RaftError", "RaftTimeoutError", "StateMachine", "UnknownOutcomeError", "__version__",
+]

@@ -1,0 +1,76 @@
+"""Applies committed entries to a state machine, each client request exactly once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .core.messages import Entry, EntryKind
+from .envelope import Outcome, decode_request
+from .errors import CommandError, CommandRejectedError, UnknownOutcomeError
+
+
+class _Session:
+    __slots__ = ("floor", "results")
+
+    def __init__(self) -> None:
+        self.floor = 0  # the client will never retry a seq below this
+        self.results: dict[int, Outcome] = {}
+
+
+class Applier:
+    """Wraps a user state machine with client sessions (Raft dissertation §6.3).
+
+    A request retried after a timeout or a leader change can sit in the log twice; the second
+    copy returns the first one's result instead of running again. Everything here depends only
+    on the log, so every replica reaches the same sessions and the same state.
+    """
+
+    def __init__(self, state_machine: Any):
+        self.sm = state_machine
+        self.sessions: dict[Any, _Session] = {}
+        self.applied_index = 0
+
+    def apply(self, entry: Entry) -> Outcome | None:
+        """Apply one committed entry; ``None`` for an entry that carries no client request."""
+        if entry.index != self.applied_index + 1:
+            raise AssertionError(f"applying {entry.index} after {self.applied_index}: out of order")
+        self.applied_index = entry.index
+        if entry.kind != EntryKind.NORMAL:
+            return None
+        try:
+            req = decode_request(entry.command)
+        except Exception as exc:  # noqa: BLE001 - an undecodable command is its own result
+            return Outcome(False, CommandError.from_exception(exc))
+        session = self.sessions.get(req.client_id)
+        if session is None:
+            session = self.sessions[req.client_id] = _Session()
+        if req.seq < session.floor:
+            return Outcome(False, UnknownOutcomeError(f"request {req.seq} was already given up by its client"))
+        done = session.results.get(req.seq)
+        if done is not None:
+            return done
+        try:
+            out = Outcome(True, self.sm.apply(req.command))
+        except Exception as exc:  # noqa: BLE001 - user code: its exception is the command's result
+            out = Outcome(False, CommandError.from_exception(exc))
+        session.results[req.seq] = out
+        if req.ack > session.floor:
+            session.floor = req.ack
+            session.results = {s: o for s, o in session.results.items() if s >= req.ack}
+        return out
+
+    def query(self, query: Any) -> Outcome:
+        try:
+            return Outcome(True, self.sm.query(query))
+        except Exception as exc:  # noqa: BLE001 - user code: its exception is the query's result
+            return Outcome(False, CommandError.from_exception(exc))
+
+    def validate(self, command: Any) -> None:
+        """Raise :class:`CommandRejectedError` if the state machine refuses ``command``."""
+        check = getattr(self.sm, "validate", None)
+        if check is None:
+            return
+        try:
+            check(command)
+        except Exception as exc:
+            raise CommandRejectedError(f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,275 @@
+"""Clients of a Raft cluster: asyncio (:class:`AsyncRaftClient`) and blocking (:class:`RaftClient`).
+
+A client finds the leader, follows redirects, retries with backoff within a deadline, and
+coalesces concurrent calls into one Ray call. Each client is a session: writes carry
+``(client_id, seq)``, so a write retried after a timeout or a leader change is applied once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future as ConcurrentFuture
+from typing import Any, Self
+
+import ray
+
+from .config import RaftConfig
+from .envelope import Outcome, dumps, encode_request
+from .errors import (
+    ClusterUnavailableError,
+    LeadershipLostError,
+    NotLeaderError,
+    RaftTimeoutError,
+    UnknownOutcomeError,
+)
+from .replica import FOLLOWER, LINEARIZABLE, READ_MODES, STALE
+
+#: per-attempt cap on waiting for one node, so a dead or partitioned node is left quickly
+_ATTEMPT_TIMEOUT = 2.0
+_BACKOFF_START, _BACKOFF_MAX = 0.01, 0.5
+
+
+class _Pending:
+    __slots__ = ("deadline", "future", "maybe_applied", "payload")
+
+    def __init__(self, payload: Any, future: asyncio.Future, deadline: float):
+        self.payload = payload
+        self.future = future
+        self.deadline = deadline
+        self.maybe_applied = False
+
+
+class AsyncRaftClient:
+    """An asyncio client session with a Raft cluster.
+
+    Get one from :meth:`RaftCluster.async_client <raft_actors.cluster.RaftCluster.async_client>`.
+    Use it from one event loop. Concurrent :meth:`submit` / :meth:`query` calls made in the
+    same loop iteration travel to the cluster in one Ray call.
+    """
+
+    def __init__(self, nodes: Callable[[], Mapping[int, Any]], config: RaftConfig, is_closed: Callable[[], bool] = lambda: False):
+        self._nodes = nodes
+        self._config = config
+        self._is_closed = is_closed
+        self.client_id = random.getrandbits(62)
+        self._seq = itertools.count(1)
+        self._outstanding: set[int] = set()
+        self._leader = 0
+        self._rr = itertools.count()
+        self._writes: list[_Pending] = []
+        self._reads: dict[str, list[_Pending]] = {m: [] for m in READ_MODES}
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def leader_hint(self) -> int:
+        """The node this client currently believes is the leader (0: unknown)."""
+        return self._leader
+
+    # ------------------------------------------------------------------ API
+    async def submit(self, command: Any, timeout: float | None = None) -> Any:
+        """Commit ``command`` through the log and return the state machine's result.
+
+        Raises :class:`~raft_actors.errors.CommandRejectedError` (malformed or unpicklable
+        command: nothing was written), :class:`~raft_actors.errors.CommandError` (the state
+        machine raised: the command is committed and this is its result),
+        :class:`~raft_actors.errors.UnknownOutcomeError` (deadline passed, the write may or may
+        not have been applied), :class:`~raft_actors.errors.ClusterUnavailableError`.
+        """
+        self._check_open()
+        seq = next(self._seq)
+        ack = min(self._outstanding, default=seq)
+        payload = encode_request(self.client_id, seq, ack, command)  # raises CommandRejectedError
+        self._outstanding.add(seq)
+        try:
+            return await self._enqueue(self._writes, payload, timeout)
+        finally:
+            self._outstanding.discard(seq)
+
+    async def query(self, query: Any, consistency: str = LINEARIZABLE, timeout: float | None = None) -> Any:
+        """Answer ``query`` from the state machine.
+
+        ``consistency`` chooses the trade-off the CAP theorem names:
+
+        - ``"linearizable"`` (default): served by the leader after a ReadIndex round confirms
+          its leadership; sees every write acknowledged before the call. Unavailable without
+          a majority.
+        - ``"follower"``: served by a follower once it has applied the leader's read index;
+          just as linearizable, and it takes read load off the leader.
+        - ``"stale"``: served at once by any reachable node from what it has applied; works in
+          a minority partition, but may miss recent writes.
+        """
+        self._check_open()
+        if consistency not in READ_MODES:
+            raise ValueError(f"consistency must be one of {READ_MODES}, got {consistency!r}")
+        return await self._enqueue(self._reads[consistency], query, timeout)
+
+    # ------------------------------------------------------------------ batching
+    async def _enqueue(self, queue: list[_Pending], payload: Any, timeout: float | None) -> Any:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        queue.append(_Pending(payload, fut, time.monotonic() + (timeout or self._config.request_timeout)))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        loop = asyncio.get_running_loop()
+        if self._writes:
+            batch, self._writes = self._writes, []
+            self._spawn(loop, self._run(batch, None))
+        for mode, queue in self._reads.items():
+            if queue:
+                self._reads[mode] = []
+                self._spawn(loop, self._run(queue, mode))
+
+    def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Any) -> None:
+        task = loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ retry loop
+    async def _run(self, items: list[_Pending], mode: str | None) -> None:
+        backoff = _BACKOFF_START
+        dead: set[int] = set()
+        while items:
+            now = time.monotonic()
+            items = [it for it in items if not it.future.done() and not self._expire(it, now)]
+            if not items:
+                return
+            if self._is_closed():
+                self._fail_all(items, ClusterUnavailableError("the cluster has been shut down"))
+                return
+            nodes = self._nodes()
+            if nodes and dead >= set(nodes):
+                self._fail_all(items, ClusterUnavailableError(f"every node of the cluster is dead: {sorted(nodes)}"))
+                return
+            target = self._pick(nodes, mode, dead)
+            budget = min(_ATTEMPT_TIMEOUT, max(it.deadline for it in items) - now)
+            try:
+                outcomes = await asyncio.wait_for(self._call(nodes[target], items, mode), budget)
+            except (TimeoutError, ray.exceptions.RayError) as exc:
+                if isinstance(exc, ray.exceptions.ActorDiedError):
+                    dead.add(target)
+                for it in items:
+                    it.maybe_applied = mode is None  # the write may have reached a leader
+                self._leader = 0
+                await asyncio.sleep(backoff * random.random())
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            dead.discard(target)
+            retry, hint = [], 0
+            for it, out in zip(items, outcomes):
+                if out.ok:
+                    it.future.set_result(out.value)
+                elif isinstance(out.value, (NotLeaderError, RaftTimeoutError)):
+                    if isinstance(out.value, (LeadershipLostError, RaftTimeoutError)):
+                        it.maybe_applied = it.maybe_applied or mode is None
+                    hint = getattr(out.value, "leader_hint", 0) or hint
+                    retry.append(it)
+                else:
+                    it.future.set_exception(out.value)
+            if retry:
+                if mode in (None, LINEARIZABLE):
+                    self._leader = hint if hint in nodes and hint != target else 0
+                if not self._leader or mode not in (None, LINEARIZABLE):
+                    await asyncio.sleep(backoff * random.random())
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+            elif mode in (None, LINEARIZABLE):
+                self._leader = target
+            items = retry
+
+    def _pick(self, nodes: Mapping[int, Any], mode: str | None, dead: set[int]) -> int:
+        alive = [i for i in sorted(nodes) if i not in dead] or sorted(nodes)
+        if mode in (None, LINEARIZABLE):
+            if self._leader in nodes and self._leader not in dead:
+                return self._leader
+            return alive[next(self._rr) % len(alive)]
+        if mode == FOLLOWER:
+            others = [i for i in alive if i != self._leader] or alive
+            return others[next(self._rr) % len(others)]
+        assert mode == STALE
+        return alive[next(self._rr) % len(alive)]
+
+    @staticmethod
+    async def _call(handle: Any, items: list[_Pending], mode: str | None) -> list[Outcome]:
+        payload = dumps([it.payload for it in items])
+        if mode is None:
+            return await handle.submit.remote(payload)
+        return await handle.read.remote(payload, mode)
+
+    @staticmethod
+    def _expire(it: _Pending, now: float) -> bool:
+        if now < it.deadline:
+            return False
+        if it.maybe_applied:
+            it.future.set_exception(UnknownOutcomeError("deadline passed; the write may or may not have been applied"))
+        else:
+            it.future.set_exception(RaftTimeoutError("deadline passed before the cluster answered"))
+        return True
+
+    @staticmethod
+    def _fail_all(items: list[_Pending], exc: Exception) -> None:
+        for it in items:
+            if not it.future.done():
+                it.future.set_exception(exc)
+
+    def _check_open(self) -> None:
+        if self._is_closed():
+            raise ClusterUnavailableError("the cluster has been shut down")
+
+
+class RaftClient:
+    """A blocking client session; safe to share between threads.
+
+    Calls run on a private event loop thread, so calls made concurrently from several threads
+    are batched into shared Ray calls. See :class:`AsyncRaftClient` for the semantics.
+    """
+
+    def __init__(self, nodes: Callable[[], Mapping[int, Any]], config: RaftConfig, is_closed: Callable[[], bool] = lambda: False):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="raft-client", daemon=True)
+        self._thread.start()
+        self._async = AsyncRaftClient(nodes, config, is_closed)
+
+    @property
+    def client_id(self) -> int:
+        return self._async.client_id
+
+    @property
+    def leader_hint(self) -> int:
+        return self._async.leader_hint
+
+    def submit(self, command: Any, timeout: float | None = None) -> Any:
+        """Commit ``command`` and return its result (see :meth:`AsyncRaftClient.submit`)."""
+        return self._wait(self._async.submit(command, timeout))
+
+    def submit_async(self, command: Any, timeout: float | None = None) -> ConcurrentFuture:
+        """Like :meth:`submit`, but return a ``concurrent.futures.Future`` at once."""
+        return asyncio.run_coroutine_threadsafe(self._async.submit(command, timeout), self._loop)
+
+    def query(self, query: Any, consistency: str = LINEARIZABLE, timeout: float | None = None) -> Any:
+        """Answer ``query`` (see :meth:`AsyncRaftClient.query` for ``consistency``)."""
+        return self._wait(self._async.query(query, consistency, timeout))
+
+    def _wait(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        """Stop the client's event loop thread."""
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,290 @@
+"""The driver: launch a Raft cluster of node actors on Ray, inspect it, break it, heal it."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, Self
+
+import cloudpickle
+import pandas as pd
+import ray
+
+from .client import AsyncRaftClient, RaftClient
+from .config import RaftConfig
+from .errors import ClusterUnavailableError, NodeNotFoundError, RaftTimeoutError
+from .node import RaftNode, node_actor_name
+from .state_machines import KVStore
+
+_STATUS_TIMEOUT = 2.0
+
+
+class RaftCluster:
+    """A running Raft cluster: one Ray actor per node.
+
+    Create one with :meth:`launch`; use it as a context manager to shut it down::
+
+        with RaftCluster.launch(num_nodes=3, state_machine=KVStore) as cluster:
+            client = cluster.client()
+            client.submit(("put", "x", 1))
+            assert client.query(("get", "x")) == 1
+    """
+
+    def __init__(self, name: str, nodes: dict[int, Any], config: RaftConfig, state_machine: bytes,
+                 actor_options: dict[str, Any], owns_ray: bool):
+        self.name = name
+        self.config = config
+        self._nodes = nodes
+        self._state_machine = state_machine
+        self._actor_options = actor_options
+        self._owns_ray = owns_ray
+        self._dead: set[int] = set()
+        self._closed = False
+        self._clients: list[RaftClient] = []
+
+    # ------------------------------------------------------------------ launch
+    @classmethod
+    def launch(
+        cls,
+        num_nodes: int = 3,
+        state_machine: Callable[[], Any] = KVStore,
+        config: RaftConfig | None = None,
+        *,
+        address: str | None = None,
+        name: str | None = None,
+        namespace: str = "raft_actors",
+        actor_options: dict[str, Any] | None = None,
+        wait_for_leader: float | None = 30.0,
+    ) -> RaftCluster:
+        """Start ``num_nodes`` node actors and wait until they have elected a leader.
+
+        Args:
+            num_nodes: cluster size (odd sizes make the most of each node).
+            state_machine: a zero-argument factory of the state machine, usually the class; it
+                may be defined in your own script or notebook (cloudpickle carries it).
+            config: protocol and timing settings.
+            address: an existing Ray cluster (``"auto"`` or ``"ray://..."``); by default Ray is
+                started in this process (and shut down with the cluster) unless already running.
+            name: a name for the cluster's actors (random if not given).
+            namespace: the Ray namespace when this call starts Ray.
+            actor_options: extra ``ray.remote`` options for the node actors.
+            wait_for_leader: seconds to wait for the first leader (``None``: don't wait).
+        """
+        if num_nodes < 1:
+            raise ValueError("a cluster needs at least one node")
+        if not callable(state_machine):
+            raise TypeError("state_machine must be a class or a zero-argument factory")
+        config = config or RaftConfig()
+        owns_ray = False
+        if not ray.is_initialized():
+            ray.init(address=address, namespace=namespace, log_to_driver=True)
+            owns_ray = address is None
+        name = name or f"raft-{uuid.uuid4().hex[:8]}"
+        options = {"num_cpus": 0, "max_restarts": 10, "max_task_retries": 0, "max_concurrency": 10_000}
+        options.update(actor_options or {})
+        sm = cloudpickle.dumps(state_machine)
+        cluster = cls(name, {}, config, sm, options, owns_ray)
+        ids = list(range(1, num_nodes + 1))
+        for i in ids:
+            cluster._nodes[i] = cluster._new_actor(i, ids, recovering=False)
+        cluster._connect_all()
+        if wait_for_leader is not None:
+            cluster.leader(timeout=wait_for_leader)
+        return cluster
+
+    def _new_actor(self, node_id: int, ids: list[int], recovering: bool) -> Any:
+        actor_cls = ray.remote(RaftNode).options(name=node_actor_name(self.name, node_id), **self._actor_options)
+        return actor_cls.remote(node_id, ids, self.config, self._state_machine, recovering, self.name)
+
+    def _connect_all(self) -> None:
+        live = {i: h for i, h in self._nodes.items() if i not in self._dead}
+        ray.get([h.connect.remote(live) for h in live.values()])
+
+    # ------------------------------------------------------------------ clients
+    def client(self) -> RaftClient:
+        """A new blocking client session (thread-safe)."""
+        self._check_open()
+        c = RaftClient(self._live_nodes, self.config, self._is_closed)
+        self._clients.append(c)
+        return c
+
+    def async_client(self) -> AsyncRaftClient:
+        """A new asyncio client session, for use in one event loop."""
+        self._check_open()
+        return AsyncRaftClient(self._live_nodes, self.config, self._is_closed)
+
+    def _live_nodes(self) -> dict[int, Any]:
+        return dict(self._nodes)
+
+    def _is_closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------ inspection
+    @property
+    def node_ids(self) -> list[int]:
+        return sorted(self._nodes)
+
+    def handle(self, node_id: int) -> Any:
+        """The Ray actor handle of a node."""
+        self._check(node_id)
+        return self._nodes[node_id]
+
+    def _statuses(self) -> dict[int, dict[str, Any] | None]:
+        self._check_open()
+        refs = {i: h.status.remote() for i, h in self._nodes.items() if i not in self._dead}
+        out: dict[int, dict[str, Any] | None] = {i: None for i in self._nodes}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=_STATUS_TIMEOUT)
+        done = set(ready)
+        for i, ref in refs.items():
+            if ref in done:
+                try:
+                    out[i] = ray.get(ref)
+                except ray.exceptions.RayError:
+                    out[i] = None
+        return out
+
+    def status(self) -> pd.DataFrame:
+        """One row per node: role, term, leader, commit index, applied index, log length.
+
+        A node that does not answer (killed, restarting) shows role ``dead`` or ``unreachable``.
+        """
+        rows = []
+        for i, st in sorted(self._statuses().items()):
+            if st is None:
+                role = "dead" if i in self._dead else "unreachable"
+                st = {"node": i, "role": role}
+            rows.append(st)
+        cols = ["node", "role", "term", "leader", "commit_index", "applied_index", "log_length"]
+        df = pd.DataFrame(rows)
+        return df[[c for c in cols if c in df.columns] + [c for c in df.columns if c not in cols]].set_index("node")
+
+    def leader(self, timeout: float = 10.0) -> int:
+        """The id of the current leader, waiting up to ``timeout`` seconds for one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sts = [s for s in self._statuses().values() if s is not None]
+            leaders = [s for s in sts if s["role"] == "leader"]
+            if leaders:
+                best = max(leaders, key=lambda s: s["term"])
+                # a deposed leader in a minority partition may not know it yet: trust the newest term
+                if best["term"] >= max(s["term"] for s in sts):
+                    return int(best["node"])
+            if time.monotonic() >= deadline:
+                raise RaftTimeoutError(f"no leader within {timeout}s")
+            time.sleep(self.config.tick_interval)
+
+    # ------------------------------------------------------------------ faults
+    def kill(self, node_id: int) -> None:
+        """Kill a node's process for good (until :meth:`restart`); its in-memory state is lost."""
+        self._check(node_id)
+        ray.kill(self._nodes[node_id], no_restart=True)
+        self._dead.add(node_id)
+
+    def crash(self, node_id: int) -> None:
+        """Kill a node's process and let Ray restart it at once (``max_restarts``)."""
+        self._check(node_id)
+        ray.kill(self._nodes[node_id], no_restart=False)
+
+    def restart(self, node_id: int, timeout: float = 30.0) -> None:
+        """Bring a killed node back (or crash and restart a live one) and wait until it answers.
+
+        With in-memory storage the node comes back empty; it rejoins in *recovering* mode
+        (no vote, no campaign) until a leader has caught it up, so its lost vote and log cannot
+        break safety.
+        """
+        self._check(node_id)
+        if node_id in self._dead:
+            self._nodes[node_id] = self._new_actor(node_id, self.node_ids, recovering=True)
+            self._dead.discard(node_id)
+            self._connect_all()
+        else:
+            self.crash(node_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ray.get(self._nodes[node_id].ping.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                return
+            except (ray.exceptions.RayError, TimeoutError):
+                if time.monotonic() >= deadline:
+                    raise RaftTimeoutError(f"node {node_id} did not come back within {timeout}s") from None
+                time.sleep(0.1)
+
+    def partition(self, *groups: Iterable[int]) -> None:
+        """Cut the cluster into groups that cannot talk to each other.
+
+        Nodes not named in any group form one more group together. ``partition([1])`` isolates
+        node 1 from the rest.
+        """
+        sets = [set(g) for g in groups]
+        for g in sets:
+            for i in g:
+                self._check(i)
+        rest = set(self._nodes) - set().union(*sets)
+        if rest:
+            sets.append(rest)
+        group_of = {i: k for k, g in enumerate(sets) for i in g}
+        refs = []
+        for i, h in self._nodes.items():
+            if i in self._dead:
+                continue
+            blocked = [j for j in self._nodes if group_of[j] != group_of[i]]
+            refs.append(h.set_faults.remote(blocked=blocked))
+        ray.get(refs)
+
+    def heal(self) -> None:
+        """Remove every partition and injected fault."""
+        ray.get([h.set_faults.remote(blocked=[], drop_rate=0.0, delay=0.0)
+                 for i, h in self._nodes.items() if i not in self._dead])
+
+    def inject(self, node_id: int, drop_rate: float | None = None, delay: float | None = None) -> None:
+        """Make a node drop a share of its outgoing messages and/or delay them (seconds)."""
+        self._check(node_id)
+        ray.get(self._nodes[node_id].set_faults.remote(drop_rate=drop_rate, delay=delay))
+
+    def transfer_leadership(self, to: int, timeout: float = 10.0) -> float:
+        """Hand leadership to node ``to``; returns the seconds it took."""
+        self._check(to)
+        start = time.monotonic()
+        deadline = start + timeout
+        while True:
+            leader = self.leader(timeout=max(0.1, deadline - time.monotonic()))
+            if leader == to:
+                return time.monotonic() - start
+            try:
+                ray.get(self._nodes[leader].transfer_leadership.remote(to), timeout=_STATUS_TIMEOUT)
+            except (ray.exceptions.RayError, TimeoutError):
+                pass
+            if time.monotonic() >= deadline:
+                raise RaftTimeoutError(f"leadership did not move to node {to} within {timeout}s")
+            time.sleep(self.config.tick_interval)
+
+    # ------------------------------------------------------------------ lifecycle
+    def shutdown(self) -> None:
+        """Kill every node actor (and Ray itself, if :meth:`launch` started it)."""
+        if self._closed:
+            return
+        self._closed = True
+        for c in self._clients:
+            c.close()
+        for h in self._nodes.values():
+            with contextlib.suppress(ray.exceptions.RayError, ValueError):
+                ray.kill(h, no_restart=True)
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def _check(self, node_id: int) -> None:
+        self._check_open()
+        if node_id not in self._nodes:
+            raise NodeNotFoundError(f"no node {node_id} in cluster {self.name} (nodes: {self.node_ids})")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClusterUnavailableError(f"cluster {self.name} has been shut down")

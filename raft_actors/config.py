@@ -1,0 +1,42 @@
+"""Tunable settings of a Raft cluster."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RaftConfig:
+    """Settings shared by the core, the node actors and the client.
+
+    Time in the core is counted in ticks; ``tick_interval`` (seconds) says how long a tick is
+    on a real cluster. The defaults give a 300-600 ms randomized election timeout and a 30 ms
+    heartbeat, the ranges the Raft paper (Figure 16) recommends.
+    """
+
+    #: seconds per tick on a real cluster (the simulator uses virtual time)
+    tick_interval: float = 0.03
+    #: a follower starts an election after a random number of ticks in [election_ticks, 2*election_ticks)
+    election_ticks: int = 10
+    #: a leader sends heartbeats every this many ticks
+    heartbeat_ticks: int = 1
+    #: ask for pre-votes before bumping the term, so a partitioned node cannot disrupt a leader
+    pre_vote: bool = True
+    #: a leader that has not heard from a quorum within an election timeout steps down
+    check_quorum: bool = True
+    #: unacknowledged append messages in flight per follower while pipelining
+    max_inflight: int = 32
+    #: most entries in one append message
+    max_entries_per_message: int = 2048
+    #: default deadline, in seconds, of one client call (retries included)
+    request_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.tick_interval <= 0:
+            raise ValueError("tick_interval must be positive")
+        if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
+            raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
+        if self.max_inflight < 1 or self.max_entries_per_message < 1:
+            raise ValueError("max_inflight and max_entries_per_message must be >= 1")
+        if self.request_timeout <= 0:
+            raise ValueError("request_timeout must be positive")

@@ -1,0 +1,628 @@
+"""The Raft protocol as a pure state machine (the shape of etcd-io/raft's ``raft`` + ``RawNode``).
+
+``RaftCore`` imports no Ray, asyncio, clock or file system. Time enters as :meth:`RaftCore.tick`,
+peer messages as :meth:`RaftCore.step`, client work as :meth:`RaftCore.propose`,
+:meth:`RaftCore.read_index` and :meth:`RaftCore.transfer_leader`. Everything the outside must do
+comes back from :meth:`RaftCore.ready` as one :class:`~raft_actors.core.messages.Ready` value.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from enum import IntEnum
+from typing import Any
+
+from ..config import RaftConfig
+from .log import RaftLog
+from .messages import NONE, Entry, EntryKind, HardState, Message, MsgType, ReadState, Ready
+from .progress import Progress, ProgressState
+
+#: ``Message.context`` of a vote request sent because of a leadership transfer.
+TRANSFER = "transfer"
+#: ``Message.context`` of an append rejection from a node that lost its storage.
+LOST_LOG = "lost-log"
+
+
+_NO_STATE = HardState()
+
+
+class Role(IntEnum):
+    FOLLOWER = 0
+    PRE_CANDIDATE = 1
+    CANDIDATE = 2
+    LEADER = 3
+
+
+class NotLeader(Exception):
+    """The operation needs the leader; ``leader`` is the one this node knows of (0 if none)."""
+
+    def __init__(self, leader: int):
+        super().__init__(f"not the leader (leader hint: {leader or 'unknown'})")
+        self.leader = leader
+
+
+class ProposalDropped(Exception):
+    """The leader cannot take proposals right now (a leadership transfer is in progress)."""
+
+
+class _ReadRound:
+    """One ReadIndex round: the commit index at its start and who confirmed leadership since."""
+
+    __slots__ = ("acks", "index", "requests")
+
+    def __init__(self, index: int, leader: int):
+        self.index = index
+        self.acks = {leader}
+        self.requests: list[tuple[int, Any]] = []
+
+
+class RaftCore:
+    """One Raft node's protocol state.
+
+    Args:
+        node_id: this node's id (a positive int).
+        voters: ids of every voting member, this node included.
+        config: timing and flow-control settings (only the tick-based ones are used here).
+        rng: the source of randomized election timeouts (seed it for a replayable run).
+        hard_state: term, vote and commit restored from storage.
+        entries: the log restored from storage, starting at index 1.
+        recovering: this node lost its storage (it had state before). It will neither vote nor
+            campaign until it has learnt, from a quorum of peers, a term at least as high as any
+            it could have voted in, and has been caught up by a leader of such a term. The mark
+            is kept in the hard state until then (``hard_state.recovering`` also sets it).
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        voters: Iterable[int],
+        config: RaftConfig,
+        rng: random.Random,
+        hard_state: HardState = _NO_STATE,
+        entries: Sequence[Entry] = (),
+        recovering: bool = False,
+    ):
+        if node_id <= 0:
+            raise ValueError("node ids are positive integers")
+        self.id = node_id
+        self.voters = tuple(sorted(set(voters)))
+        if node_id not in self.voters:
+            raise ValueError(f"node {node_id} is not among the voters {self.voters}")
+        self.cfg = config
+        self.rng = rng
+        self.log = RaftLog(entries, commit=hard_state.commit)
+        self.term = hard_state.term
+        self.vote = hard_state.vote
+        self.lead = NONE
+        self.role = Role.FOLLOWER
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_timeout = 0
+        self.votes: dict[int, bool] = {}
+        self.progress: dict[int, Progress] = {}
+        self.lead_transferee = NONE
+        self.read_rounds: OrderedDict[int, _ReadRound] = OrderedDict()
+        self.deferred_reads: list[tuple[int, Any]] = []
+        self._next_round = 1
+        self._msgs: list[Message] = []
+        self._read_states: list[ReadState] = []
+        self._dropped_reads: list[Any] = []
+        self._bcast_pending = False
+        self._soft_changed = True
+        self._persisted_hs = hard_state
+        self.recovering = recovering or hard_state.recovering
+        self._probe_terms: dict[int, int] = {}
+        self._recover_min_term: int | None = None
+        self._probe_elapsed = 0
+        self._reset_randomized_timeout()
+        if self.recovering:
+            self._send_term_probes()
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def quorum(self) -> int:
+        return len(self.voters) // 2 + 1
+
+    @property
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.commit, self.recovering)
+
+    def is_leader(self) -> bool:
+        return self.role == Role.LEADER
+
+    def _promotable(self) -> bool:
+        return self.id in self.voters and not self.recovering
+
+    # ------------------------------------------------------------------ inputs
+    def tick(self) -> None:
+        """Advance logical time by one tick."""
+        if self.role == Role.LEADER:
+            self._tick_leader()
+        else:
+            self._tick_election()
+
+    def propose(self, commands: Sequence[bytes]) -> tuple[int, int]:
+        """Append client commands to the leader's log.
+
+        Returns ``(first_index, term)``: command ``i`` sits at ``first_index + i`` in ``term``.
+        Raises :class:`NotLeader` or :class:`ProposalDropped`.
+        """
+        if self.role != Role.LEADER:
+            raise NotLeader(self.lead)
+        if self.lead_transferee != NONE:
+            raise ProposalDropped(f"leadership transfer to node {self.lead_transferee} in progress")
+        first = self.log.last_index() + 1
+        term = self.term
+        self._append_own([Entry(term, first + i, c) for i, c in enumerate(commands)])
+        return first, term
+
+    def read_index(self, context: Any) -> None:
+        """Ask for a linearizable read point for ``context``.
+
+        A ``ReadState(context, index)`` comes out of :meth:`ready` once it is safe to serve the
+        read from a state machine that has applied ``index``; or ``context`` comes out in
+        ``dropped_reads`` if this node cannot get one (no leader known, leadership lost).
+        On a follower the request is forwarded to the leader (follower reads).
+        """
+        if self.role == Role.LEADER:
+            self._leader_read(self.id, context)
+        elif self.role == Role.FOLLOWER and self.lead != NONE:
+            self._send(Message(MsgType.READ_INDEX, self.lead, self.id, self.term, context=context))
+        else:
+            self._dropped_reads.append(context)
+
+    def transfer_leader(self, to: int) -> None:
+        """Hand leadership to voter ``to`` once its log is caught up (Raft dissertation §3.10)."""
+        if self.role != Role.LEADER:
+            raise NotLeader(self.lead)
+        if to not in self.voters:
+            raise ValueError(f"node {to} is not a voter of this cluster")
+        if to == self.id or to == self.lead_transferee:
+            return
+        self.lead_transferee = to
+        self.election_elapsed = 0
+        if self.progress[to].match == self.log.last_index():
+            self._send(Message(MsgType.TIMEOUT_NOW, to, self.id, self.term))
+        else:
+            self._send_append(to)
+
+    def step(self, m: Message) -> None:
+        """Handle one message from a peer."""
+        if m.type == MsgType.TERM_PROBE:
+            self._on_term_probe(m)
+            return
+        if m.type == MsgType.TERM_PROBE_RESP:
+            self._on_term_probe_resp(m)
+            return
+        if m.term > self.term:
+            if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
+                in_lease = self.cfg.check_quorum and self.lead != NONE and self.election_elapsed < self.cfg.election_ticks
+                if in_lease and m.context != TRANSFER:
+                    return  # leader stickiness: we heard from a live leader recently
+            if m.type == MsgType.PRE_VOTE or (m.type == MsgType.PRE_VOTE_RESP and not m.reject):
+                pass  # a pre-vote never changes anybody's term
+            elif m.type in (MsgType.APPEND, MsgType.HEARTBEAT):
+                self._become_follower(m.term, m.frm)
+            else:
+                self._become_follower(m.term, NONE)
+        elif m.term < self.term:
+            if m.type in (MsgType.APPEND, MsgType.HEARTBEAT):
+                # tell a stale leader about the newer term so that it steps down
+                self._send(Message(MsgType.APPEND_RESP, m.frm, self.id, self.term))
+            elif m.type == MsgType.PRE_VOTE:
+                self._send(Message(MsgType.PRE_VOTE_RESP, m.frm, self.id, self.term, reject=True))
+            return
+
+        if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
+            self._on_vote_request(m)
+        elif self.role == Role.LEADER:
+            self._step_leader(m)
+        elif self.role == Role.FOLLOWER:
+            self._step_follower(m)
+        else:
+            self._step_candidate(m)
+
+    # ------------------------------------------------------------------ output
+    def has_ready(self) -> bool:
+        return bool(
+            self._msgs
+            or self._bcast_pending
+            or self._read_states
+            or self._dropped_reads
+            or self._soft_changed
+            or self.log.unstable_from <= self.log.last_index()
+            or self.log.commit > self.log.applied
+            or self.hard_state != self._persisted_hs
+        )
+
+    def ready(self) -> Ready:
+        """Take everything the shell must now persist, send, apply and serve (see :class:`Ready`).
+
+        The core assumes the shell does all of it before the next call into the core.
+        """
+        if self._bcast_pending:
+            self._bcast_pending = False
+            if self.role == Role.LEADER:
+                self._bcast_append()
+        hs = self.hard_state
+        rd = Ready(
+            hard_state=hs if hs != self._persisted_hs else None,
+            entries=self.log.unstable_entries(),
+            messages=self._msgs,
+            committed_entries=self.log.next_committed(),
+            read_states=self._read_states,
+            dropped_reads=self._dropped_reads,
+            soft_state_changed=self._soft_changed,
+        )
+        self._persisted_hs = hs
+        self.log.stable_to_end()
+        self._msgs = []
+        self._read_states = []
+        self._dropped_reads = []
+        self._soft_changed = False
+        return rd
+
+    # ------------------------------------------------------------------ roles
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = NONE
+        self.lead = NONE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_randomized_timeout()
+        self.votes = {}
+        self.progress = {}
+        self.lead_transferee = NONE
+        self._abort_reads()
+        self._soft_changed = True
+
+    def _reset_randomized_timeout(self) -> None:
+        et = self.cfg.election_ticks
+        self.randomized_timeout = et + self.rng.randrange(et)
+
+    def _become_follower(self, term: int, lead: int) -> None:
+        self._reset(term)
+        self.role = Role.FOLLOWER
+        self.lead = lead
+
+    def _become_pre_candidate(self) -> None:
+        # like etcd: the term and vote stay, so a failed pre-vote disturbs nobody
+        self.votes = {}
+        self.role = Role.PRE_CANDIDATE
+        self.lead = NONE
+        self._abort_reads()
+        self._soft_changed = True
+
+    def _become_candidate(self) -> None:
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self.role = Role.CANDIDATE
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.role = Role.LEADER
+        self.lead = self.id
+        last = self.log.last_index()
+        for v in self.voters:
+            self.progress[v] = Progress(last + 1, self.cfg.max_inflight)
+        me = self.progress[self.id]
+        me.match = last
+        me.become_replicate()
+        # Raft §8: a leader commits an entry of its own term before it can know what is committed
+        self._append_own([Entry(self.term, last + 1, None, EntryKind.NOOP)])
+
+    def _append_own(self, ents: list[Entry]) -> None:
+        self.log.append(ents)
+        self.progress[self.id].maybe_update(self.log.last_index())
+        self._maybe_commit()
+        self._bcast_pending = True
+
+    # ------------------------------------------------------------------ elections
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self.recovering:
+            self._probe_elapsed += 1
+            if self._recover_min_term is None and self._probe_elapsed >= self.cfg.election_ticks:
+                self._send_term_probes()
+            return
+        if self._promotable() and self.election_elapsed >= self.randomized_timeout:
+            self.election_elapsed = 0
+            self._campaign(pre=self.cfg.pre_vote)
+
+    def _campaign(self, pre: bool, transfer: bool = False) -> None:
+        if pre:
+            self._become_pre_candidate()
+            vote_term, kind = self.term + 1, MsgType.PRE_VOTE
+        else:
+            self._become_candidate()
+            vote_term, kind = self.term, MsgType.VOTE
+        self.votes[self.id] = True
+        if self._tally()[0] >= self.quorum:
+            self._won(pre)
+            return
+        ctx = TRANSFER if transfer else None
+        for v in self.voters:
+            if v != self.id:
+                self._send(Message(kind, v, self.id, vote_term, self.log.last_term(), self.log.last_index(), context=ctx))
+
+    def _tally(self) -> tuple[int, int]:
+        granted = sum(1 for v, ok in self.votes.items() if ok and v in self.voters)
+        return granted, len(self.votes) - granted
+
+    def _won(self, pre: bool) -> None:
+        if pre:
+            self._campaign(pre=False)
+        else:
+            self._become_leader()
+
+    def _on_vote_request(self, m: Message) -> None:
+        pre = m.type == MsgType.PRE_VOTE
+        resp = MsgType.PRE_VOTE_RESP if pre else MsgType.VOTE_RESP
+        can_vote = (
+            self.vote == m.frm
+            or (self.vote == NONE and self.lead == NONE)
+            or (pre and m.term > self.term)
+        )
+        if (
+            can_vote
+            and not self.recovering
+            and m.frm in self.voters
+            and self.log.is_up_to_date(m.index, m.log_term)
+        ):
+            # a granted vote answers in the term asked about (for a pre-vote, a future term)
+            self._send(Message(resp, m.frm, self.id, m.term))
+            if not pre:
+                self.election_elapsed = 0
+                self.vote = m.frm
+        else:
+            self._send(Message(resp, m.frm, self.id, self.term, reject=True))
+
+    def _step_candidate(self, m: Message) -> None:
+        my_resp = MsgType.PRE_VOTE_RESP if self.role == Role.PRE_CANDIDATE else MsgType.VOTE_RESP
+        if m.type in (MsgType.APPEND, MsgType.HEARTBEAT):
+            self._become_follower(m.term, m.frm)
+            self._step_follower(m)
+        elif m.type == my_resp:
+            self.votes.setdefault(m.frm, not m.reject)
+            granted, rejected = self._tally()
+            if granted >= self.quorum:
+                self._won(self.role == Role.PRE_CANDIDATE)
+            elif rejected >= self.quorum:
+                self._become_follower(self.term, NONE)
+        elif m.type == MsgType.READ_INDEX_RESP:
+            self._dropped_reads.append(m.context)
+
+    # ------------------------------------------------------------------ follower
+    def _step_follower(self, m: Message) -> None:
+        t = m.type
+        if t == MsgType.APPEND:
+            self.election_elapsed = 0
+            self.lead = m.frm
+            self._on_append(m)
+        elif t == MsgType.HEARTBEAT:
+            self.election_elapsed = 0
+            self.lead = m.frm
+            self.log.commit_to(min(m.commit, self.log.last_index()))
+            self._send(Message(MsgType.HEARTBEAT_RESP, m.frm, self.id, self.term, context=m.context))
+            self._maybe_finish_recovery()
+        elif t == MsgType.TIMEOUT_NOW:
+            if self._promotable():
+                self._campaign(pre=False, transfer=True)
+        elif t == MsgType.READ_INDEX:
+            self._send(Message(MsgType.READ_INDEX_RESP, m.frm, self.id, self.term, reject=True, context=m.context))
+        elif t == MsgType.READ_INDEX_RESP:
+            if m.reject:
+                self._dropped_reads.append(m.context)
+            else:
+                self._read_states.append(ReadState(m.context, m.index))
+
+    def _on_append(self, m: Message) -> None:
+        if m.index < self.log.commit:
+            self._send(Message(MsgType.APPEND_RESP, m.frm, self.id, self.term, index=self.log.commit))
+            return
+        last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        if last_new is not None:
+            self._send(Message(MsgType.APPEND_RESP, m.frm, self.id, self.term, index=last_new))
+            self._maybe_finish_recovery()
+            return
+        hint_index, hint_term = self.log.find_conflict_by_term(min(m.index, self.log.last_index()), m.log_term)
+        self._send(
+            Message(
+                MsgType.APPEND_RESP, m.frm, self.id, self.term,
+                log_term=hint_term, index=m.index, reject=True, reject_hint=hint_index,
+                context=LOST_LOG if self.recovering else None,
+            )
+        )
+
+    # ------------------------------------------------------------------ leader
+    def _tick_leader(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.cfg.election_ticks:
+            self.election_elapsed = 0
+            if self.cfg.check_quorum:
+                active = sum(1 for v in self.voters if v == self.id or self.progress[v].recent_active)
+                if active < self.quorum:
+                    self._become_follower(self.term, NONE)  # isolated: step down
+                    return
+                for v, pr in self.progress.items():
+                    pr.recent_active = v == self.id
+            self.lead_transferee = NONE  # a transfer that took an election timeout has failed
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self._bcast_heartbeat(None)
+
+    def _step_leader(self, m: Message) -> None:
+        pr = self.progress.get(m.frm)
+        t = m.type
+        if t == MsgType.READ_INDEX:
+            self._leader_read(m.frm, m.context)
+            return
+        if pr is None:
+            return
+        if t == MsgType.APPEND_RESP:
+            pr.recent_active = True
+            if m.reject:
+                if m.context == LOST_LOG and m.index <= pr.match:
+                    pr.match = 0  # the follower lost its log since it acknowledged: start over
+                    pr.become_probe()
+                next_probe = m.reject_hint
+                if m.log_term > 0:
+                    next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
+                if pr.maybe_decrease_to(m.index, next_probe):
+                    self._send_append(m.frm)
+                return
+            was_paused = pr.is_paused()
+            if not pr.maybe_update(m.index):
+                if was_paused and not pr.is_paused():
+                    self._send_append(m.frm, send_if_empty=False)
+                return
+            if pr.state == ProgressState.PROBE:
+                pr.become_replicate()
+            if self._maybe_commit():
+                self._bcast_pending = True
+            while self._send_append(m.frm, send_if_empty=False):
+                pass
+            if m.frm == self.lead_transferee and pr.match == self.log.last_index():
+                self._send(Message(MsgType.TIMEOUT_NOW, m.frm, self.id, self.term))
+        elif t == MsgType.HEARTBEAT_RESP:
+            pr.recent_active = True
+            pr.probe_sent = False
+            if pr.state == ProgressState.REPLICATE and pr.is_paused():
+                # a lost append must not stall the pipeline for good: free a slot, so the next
+                # append goes out and, if there is a gap, is rejected and we probe
+                pr.inflight.pop(0)
+            if pr.match < self.log.last_index():
+                self._send_append(m.frm)
+            if m.context is not None:
+                self._on_read_ack(m.frm, m.context)
+
+    def _send_append(self, to: int, send_if_empty: bool = True) -> bool:
+        pr = self.progress[to]
+        if pr.is_paused():
+            return False
+        prev = pr.next - 1
+        prev_term = self.log.term(prev)
+        if prev_term is None:
+            raise AssertionError(f"leader has no term for index {prev}")
+        hi = min(self.log.last_index() + 1, pr.next + self.cfg.max_entries_per_message)
+        ents = self.log.slice(pr.next, hi)
+        if not ents and not send_if_empty:
+            return False
+        self._send(Message(MsgType.APPEND, to, self.id, self.term, prev_term, prev, ents, self.log.commit))
+        pr.sent_entries(ents[-1].index if ents else 0)
+        return True
+
+    def _bcast_append(self) -> None:
+        for v in self.voters:
+            if v != self.id:
+                self._send_append(v)
+
+    def _bcast_heartbeat(self, context: Any) -> None:
+        for v in self.voters:
+            if v != self.id:
+                commit = min(self.progress[v].match, self.log.commit)
+                self._send(Message(MsgType.HEARTBEAT, v, self.id, self.term, commit=commit, context=context))
+
+    def _maybe_commit(self) -> bool:
+        matches = sorted((self.progress[v].match for v in self.voters), reverse=True)
+        mci = matches[self.quorum - 1]
+        # Raft §5.4.2: only an entry of the current term is committed by counting replicas
+        if mci > self.log.commit and self.log.term(mci) == self.term:
+            first_in_term = self.log.term(self.log.commit) != self.term
+            self.log.commit_to(mci)
+            if first_in_term:
+                deferred, self.deferred_reads = self.deferred_reads, []
+                for frm, ctx in deferred:
+                    self._leader_read(frm, ctx)
+            return True
+        return False
+
+    # ------------------------------------------------------------------ ReadIndex
+    def _leader_read(self, frm: int, context: Any) -> None:
+        if self.log.term(self.log.commit) != self.term:
+            # until it commits an entry of its term a new leader does not know the commit index
+            self.deferred_reads.append((frm, context))
+            return
+        if len(self.voters) == 1:
+            self._release_read(frm, context, self.log.commit)
+            return
+        round_id = self._next_round
+        self._next_round += 1
+        rnd = _ReadRound(self.log.commit, self.id)
+        rnd.requests.append((frm, context))
+        self.read_rounds[round_id] = rnd
+        self._bcast_heartbeat(round_id)
+
+    def _on_read_ack(self, frm: int, round_id: Any) -> None:
+        rnd = self.read_rounds.get(round_id)
+        if rnd is None:
+            return
+        rnd.acks.add(frm)
+        if sum(1 for v in rnd.acks if v in self.voters) < self.quorum:
+            return
+        # leadership confirmed at this round's start, hence at every earlier round's start too
+        while self.read_rounds:
+            rid, r = self.read_rounds.popitem(last=False)
+            for req_from, ctx in r.requests:
+                self._release_read(req_from, ctx, r.index)
+            if rid == round_id:
+                break
+
+    def _release_read(self, frm: int, context: Any, index: int) -> None:
+        if frm == self.id:
+            self._read_states.append(ReadState(context, index))
+        else:
+            self._send(Message(MsgType.READ_INDEX_RESP, frm, self.id, self.term, index=index, context=context))
+
+    def _abort_reads(self) -> None:
+        for rnd in self.read_rounds.values():
+            for frm, ctx in rnd.requests:
+                if frm == self.id:
+                    self._dropped_reads.append(ctx)
+        for frm, ctx in self.deferred_reads:
+            if frm == self.id:
+                self._dropped_reads.append(ctx)
+        self.read_rounds.clear()
+        self.deferred_reads = []
+
+    # ------------------------------------------------------------------ lost-storage recovery
+    def _send_term_probes(self) -> None:
+        self._probe_elapsed = 0
+        for v in self.voters:
+            if v != self.id:
+                self._send(Message(MsgType.TERM_PROBE, v, self.id, self.term))
+
+    def _on_term_probe(self, m: Message) -> None:
+        if self.role == Role.LEADER and m.frm in self.progress:
+            pr = self.progress[m.frm]  # the prober lost its log: replicate from scratch
+            pr.match = 0
+            pr.become_probe()
+        self._send(Message(MsgType.TERM_PROBE_RESP, m.frm, self.id, self.term))
+
+    def _on_term_probe_resp(self, m: Message) -> None:
+        if not self.recovering or self._recover_min_term is not None or m.frm not in self.voters:
+            return
+        self._probe_terms[m.frm] = m.term
+        if len(self._probe_terms) >= self.quorum:
+            # any term this node voted in before losing its state was won, if at all, with a
+            # quorum that overlaps the one that answered: no grant is repeated below this term
+            self._recover_min_term = max(self._probe_terms.values())
+            if self._recover_min_term > self.term:
+                self._become_follower(self._recover_min_term, NONE)
+
+    def _maybe_finish_recovery(self) -> None:
+        if not self.recovering or self._recover_min_term is None or self.term < self._recover_min_term:
+            return
+        if self.lead != NONE and self.log.last_term() == self.term:
+            # Entries of this term come only from its leader, so by log matching we hold that
+            # leader's log up to them: everything it had when elected, every committed entry.
+            self.recovering = False
+            self._soft_changed = True
+
+    # ------------------------------------------------------------------ plumbing
+    def _send(self, m: Message) -> None:
+        self._msgs.append(m)

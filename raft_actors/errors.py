@@ -1,0 +1,85 @@
+"""Typed errors raised to users of raft_actors."""
+
+from __future__ import annotations
+
+import pickle
+import traceback as _tb
+
+
+class RaftError(Exception):
+    """Base class of every error raft_actors raises on purpose."""
+
+
+class NotLeaderError(RaftError):
+    """The node asked is not the leader; ``leader_hint`` is the leader it knows of (0 if none)."""
+
+    def __init__(self, leader_hint: int = 0, message: str | None = None):
+        super().__init__(message or f"not the leader (leader hint: {leader_hint or 'unknown'})")
+        self.leader_hint = leader_hint
+
+    def __reduce__(self):  # keep the hint across pickling
+        return (type(self), (self.leader_hint, str(self)))
+
+
+class LeadershipLostError(NotLeaderError):
+    """The write was proposed, then the node stopped being leader before it committed.
+
+    It may still commit under the next leader. The client retries it in the same session,
+    which makes the retry apply at most once.
+    """
+
+
+class RaftTimeoutError(RaftError, TimeoutError):
+    """The call's deadline passed before the cluster answered."""
+
+
+class UnknownOutcomeError(RaftTimeoutError):
+    """A write's deadline passed after it may have reached a leader: it may or may not be applied.
+
+    Retrying the same client call is safe only through the same client session (the client
+    does this itself within the deadline); a new call is a new write.
+    """
+
+
+class ClusterUnavailableError(RaftError):
+    """No node of the cluster can be reached (it is shut down, or every node is dead)."""
+
+
+class CommandRejectedError(RaftError, ValueError):
+    """The command was refused before it entered the log: malformed, unknown or not picklable."""
+
+
+class NodeNotFoundError(RaftError, KeyError):
+    """No node with that id in this cluster."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown node"
+
+
+class CommandError(RaftError):
+    """The state machine raised while applying a command or answering a query.
+
+    The command is committed and the error is its result, the same on every replica; the node
+    keeps running. ``exc_type``, ``message`` and ``traceback`` describe the original exception,
+    ``cause`` is the exception itself when it can be pickled.
+    """
+
+    def __init__(self, exc_type: str, message: str, traceback: str = "", cause: BaseException | None = None):
+        super().__init__(f"{exc_type}: {message}")
+        self.exc_type = exc_type
+        self.message = message
+        self.traceback = traceback
+        self.cause = cause
+
+    def __reduce__(self):
+        return (type(self), (self.exc_type, self.message, self.traceback, self.cause))
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> CommandError:
+        cause: BaseException | None = exc
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # noqa: BLE001 - whatever pickling raises, we only keep the text
+            cause = None
+        tb = "".join(_tb.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(type(exc).__name__, str(exc), tb, cause)

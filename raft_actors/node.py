@@ -1,0 +1,176 @@
+"""The Ray actor that hosts one Raft node: a thin shell around a :class:`~raft_actors.replica.Replica`.
+
+It owns the tick loop (real time), the transport (Ray calls to peers) and the asyncio futures
+of client requests; the protocol, persistence order and application live in the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import warnings
+from typing import Any
+
+import cloudpickle
+import ray
+
+from .config import RaftConfig
+from .core import NotLeader
+from .envelope import Outcome, loads
+from .errors import NotLeaderError
+from .replica import Replica
+from .storage import MemoryStorage
+from .transport import Transport
+
+log = logging.getLogger(__name__)
+
+
+class RaftNode:
+    """One Raft node. Created by :class:`~raft_actors.cluster.RaftCluster` as an async Ray actor.
+
+    Args:
+        node_id: this node's id.
+        voters: every voting member's id.
+        config: protocol and timing settings.
+        state_machine: cloudpickled zero-argument factory of the state machine (usually a class).
+        recovering: this node had state before and lost it (see ``RaftCore``). Also set when Ray
+            restarts the actor, because the in-memory storage died with the old process.
+        cluster_name: peers are named actors ``node_actor_name(cluster_name, id)``; a node
+            finds them by name when it has no handle (after a restart).
+    """
+
+    def __init__(self, node_id: int, voters: list[int], config: RaftConfig, state_machine: bytes,
+                 recovering: bool = False, cluster_name: str = ""):
+        with warnings.catch_warnings():  # Ray's property trips its own deprecation warning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+        self.node_id = node_id
+        self.config = config
+        self.cluster_name = cluster_name
+        self.transport = Transport(node_id, self._lookup_peer)
+        self.replica = Replica(
+            node_id, voters, config, MemoryStorage(), cloudpickle.loads(state_machine)(),
+            random.Random(), recovering=recovering or reconstructed,
+        )
+        self._kick = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._tick_loop()), loop.create_task(self._ready_loop())]
+        self._kick.set()
+
+    def _lookup_peer(self, peer: int) -> Any:
+        try:
+            return ray.get_actor(node_actor_name(self.cluster_name, peer))
+        except ValueError:
+            return None
+
+    # ------------------------------------------------------------------ loops
+    async def _tick_loop(self) -> None:
+        interval = self.config.tick_interval
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            next_tick = max(next_tick + interval, loop.time())
+            self._guard(self.replica.tick)
+            self._kick.set()
+
+    async def _ready_loop(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            self._guard(self._process_ready)
+
+    def _process_ready(self) -> None:
+        self.transport.send(self.replica.process_ready())
+
+    def _guard(self, fn: Any) -> None:
+        try:
+            fn()
+        except Exception:
+            # An invariant broke: stop at once (fail-stop) rather than run on with bad state.
+            log.exception("node %s: internal error, exiting", self.node_id)
+            os._exit(70)
+
+    # ------------------------------------------------------------------ peer RPC
+    async def connect(self, peers: dict[int, Any]) -> None:
+        """Give this node the handles of its peers (again after a peer is replaced)."""
+        self.transport.set_peers(peers)
+
+    async def receive(self, sender: int, payload: bytes) -> None:
+        """Raft messages from a peer (one pickled batch)."""
+        if not self.transport.allows(sender):
+            return
+        step = self.replica.step
+        for m in loads(payload):
+            self._guard(lambda m=m: step(m))
+        self._kick.set()
+
+    # ------------------------------------------------------------------ client RPC
+    async def submit(self, payload: bytes) -> list[Outcome]:
+        """Propose a batch of encoded client requests; answers each once applied."""
+        requests = loads(payload)
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in requests]
+        try:
+            self.replica.propose(requests, [_resolver(f) for f in futures])
+        except NotLeaderError as exc:
+            return [Outcome(False, exc)] * len(requests)
+        self._kick.set()
+        return list(await asyncio.gather(*futures))
+
+    async def read(self, payload: bytes, mode: str) -> list[Outcome]:
+        """Run a batch of queries at consistency ``mode`` (linearizable, follower or stale)."""
+        queries = loads(payload)
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self.replica.read(queries, mode, _resolver(future))
+        except NotLeaderError as exc:
+            return [Outcome(False, exc)] * len(queries)
+        self._kick.set()
+        return await future
+
+    async def transfer_leadership(self, to: int) -> None:
+        """Start handing leadership to node ``to`` (this node must be the leader)."""
+        try:
+            self.replica.core.transfer_leader(to)
+        except NotLeader as exc:
+            raise NotLeaderError(exc.leader) from None
+        self._kick.set()
+
+    # ------------------------------------------------------------------ admin
+    async def status(self) -> dict[str, Any]:
+        st = self.replica.status()
+        st["pid"] = os.getpid()
+        st["blocked"] = sorted(self.transport.blocked)
+        return st
+
+    async def set_faults(self, blocked: list[int] | None = None, drop_rate: float | None = None, delay: float | None = None) -> None:
+        """Fault injection: cut this node off from ``blocked`` peers, drop or delay messages."""
+        if blocked is not None:
+            self.transport.block(set(blocked))
+        if drop_rate is not None:
+            self.transport.drop_rate = drop_rate
+        if delay is not None:
+            self.transport.delay = delay
+
+    async def ping(self) -> int:
+        return self.node_id
+
+    async def crash(self) -> None:
+        """Die abruptly, as a crashed process would (Ray restarts the actor if allowed)."""
+        os._exit(1)
+
+
+def node_actor_name(cluster_name: str, node_id: int) -> str:
+    """The Ray actor name of a cluster's node."""
+    return f"{cluster_name}-node-{node_id}"
+
+
+def _resolver(future: asyncio.Future) -> Any:
+    def resolve(outcome: Any) -> None:
+        if not future.done():
+            future.set_result(outcome)
+
+    return resolve

@@ -1,0 +1,227 @@
+"""One Raft replica without a runtime: core + storage + state machine, driven in the right order.
+
+The Ray actor (:mod:`raft_actors.node`) and the deterministic simulator (:mod:`raft_actors.sim`)
+both wrap a :class:`Replica`; they differ only in how they move messages and keep time.
+No Ray, asyncio, clock or sockets here: completions are delivered through callbacks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .applier import Applier
+from .config import RaftConfig
+from .core import Message, NotLeader, ProposalDropped, RaftCore, Ready, Role
+from .envelope import Outcome, decode_request
+from .errors import CommandRejectedError, LeadershipLostError, NotLeaderError, RaftTimeoutError
+from .storage.base import Storage
+
+WriteCallback = Callable[[Outcome], None]
+ReadCallback = Callable[[list[Outcome]], None]
+
+#: read consistency levels, strongest first
+LINEARIZABLE, FOLLOWER, STALE = "linearizable", "follower", "stale"
+READ_MODES = (LINEARIZABLE, FOLLOWER, STALE)
+
+
+class _PendingRead:
+    __slots__ = ("callback", "queries", "ticks_left")
+
+    def __init__(self, queries: Sequence[Any], callback: ReadCallback, ticks_left: int):
+        self.queries = queries
+        self.callback = callback
+        self.ticks_left = ticks_left
+
+
+class Replica:
+    """Drives one :class:`~raft_actors.core.RaftCore`: persist, then send, then apply.
+
+    Args:
+        node_id, voters, config, rng: as for :class:`~raft_actors.core.RaftCore`.
+        storage: where the log and hard state live; its contents are loaded now.
+        state_machine: the user's state machine (wrapped for exactly-once application).
+        recovering: this node had state before and lost it (see ``RaftCore``).
+        observer: called as ``observer(replica, ready)`` after each ready is handled
+            (the simulator checks safety properties through it).
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        voters: Sequence[int],
+        config: RaftConfig,
+        storage: Storage,
+        state_machine: Any,
+        rng: random.Random,
+        recovering: bool = False,
+        observer: Callable[[Replica, Ready], None] | None = None,
+    ):
+        hs, entries = storage.load()
+        self.config = config
+        self.storage = storage
+        self.core = RaftCore(node_id, voters, config, rng, hs, entries, recovering)
+        self.applier = Applier(state_machine)
+        self.observer = observer
+        self._writes: dict[int, tuple[int, WriteCallback]] = {}
+        self._reads: dict[int, _PendingRead] = {}
+        self._waiting: list[tuple[int, int, _PendingRead]] = []  # (read index, ctx, read)
+        self._next_ctx = 1
+
+    @property
+    def id(self) -> int:
+        return self.core.id
+
+    # ------------------------------------------------------------------ inputs
+    def tick(self) -> None:
+        self.core.tick()
+        expired = []
+        for ctx, pr in self._reads.items():
+            pr.ticks_left -= 1
+            if pr.ticks_left <= 0:
+                expired.append(ctx)
+        for ctx in expired:
+            self._fail_read(self._reads.pop(ctx), RaftTimeoutError("no read index from the leader in time"))
+
+    def step(self, message: Message) -> None:
+        self.core.step(message)
+
+    def propose(self, commands: Sequence[bytes], callbacks: Sequence[WriteCallback]) -> None:
+        """Propose encoded requests; each callback gets its command's outcome once applied.
+
+        Raises :class:`NotLeaderError` (with a leader hint) if this node cannot take proposals.
+        A command the state machine's ``validate`` refuses gets a :class:`CommandRejectedError`
+        outcome at once and never enters the log.
+        """
+        if not self.core.is_leader():
+            raise NotLeaderError(self.core.lead)
+        accepted: list[bytes] = []
+        waiting: list[WriteCallback] = []
+        for data, cb in zip(commands, callbacks):
+            try:
+                self.applier.validate(decode_request(data).command)
+            except CommandRejectedError as exc:
+                cb(Outcome(False, exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - any decoding failure rejects the request
+                cb(Outcome(False, CommandRejectedError(f"undecodable request: {type(exc).__name__}: {exc}")))
+                continue
+            accepted.append(data)
+            waiting.append(cb)
+        if not accepted:
+            return
+        try:
+            first, term = self.core.propose(accepted)
+        except (NotLeader, ProposalDropped) as exc:
+            raise NotLeaderError(self.core.lead, str(exc)) from exc
+        for i, cb in enumerate(waiting):
+            self._writes[first + i] = (term, cb)
+
+    def read(self, queries: Sequence[Any], mode: str, callback: ReadCallback) -> None:
+        """Run ``queries`` against the state machine at the given consistency.
+
+        - ``linearizable``: on the leader, after a ReadIndex round confirms its leadership;
+        - ``follower``: on this node, after the leader gives it a read index;
+        - ``stale``: on this node now, whatever it has applied.
+
+        Raises :class:`NotLeaderError` when the mode needs a leader this node is not or lacks.
+        """
+        if mode == STALE:
+            callback([self.applier.query(q) for q in queries])
+            return
+        if mode == LINEARIZABLE and not self.core.is_leader():
+            raise NotLeaderError(self.core.lead)
+        if mode == FOLLOWER and not self.core.is_leader() and not self.core.lead:
+            raise NotLeaderError(0)
+        if mode not in READ_MODES:
+            raise ValueError(f"read mode must be one of {READ_MODES}, got {mode!r}")
+        ctx = self._next_ctx
+        self._next_ctx += 1
+        self._reads[ctx] = _PendingRead(queries, callback, 2 * self.config.election_ticks)
+        self.core.read_index(ctx)
+
+    # ------------------------------------------------------------------ output
+    def process_ready(self) -> list[Message]:
+        """Persist, apply and serve everything the core has ready; return the messages to send.
+
+        Messages are returned only after the state they depend on is synced to storage.
+        """
+        out: list[Message] = []
+        core = self.core
+        while core.has_ready():
+            rd = core.ready()
+            if rd.entries:
+                self.storage.append(rd.entries)
+            if rd.hard_state is not None:
+                self.storage.set_hard_state(rd.hard_state)
+            if rd.entries or rd.hard_state is not None:
+                self.storage.sync()
+            out.extend(rd.messages)
+            if rd.committed_entries:
+                self._apply(rd.committed_entries)
+            for rs in rd.read_states:
+                pr = self._reads.pop(rs.context, None)
+                if pr is not None:
+                    heapq.heappush(self._waiting, (rs.index, rs.context, pr))
+            for ctx in rd.dropped_reads:
+                pr = self._reads.pop(ctx, None)
+                if pr is not None:
+                    self._fail_read(pr, NotLeaderError(core.lead, "lost the read index (leader changed)"))
+            self._serve_reads()
+            if rd.soft_state_changed and core.role != Role.LEADER and self._writes:
+                # Outcome unknown: the entries may still commit under the next leader. The client
+                # retries through its session, which makes the retry harmless.
+                err = LeadershipLostError(core.lead, "leadership lost before the write committed")
+                writes, self._writes = self._writes, {}
+                for _, cb in writes.values():
+                    cb(Outcome(False, err))
+            if self.observer is not None:
+                self.observer(self, rd)
+        return out
+
+    def _apply(self, entries: list) -> None:
+        for e in entries:
+            outcome = self.applier.apply(e)
+            waiter = self._writes.pop(e.index, None)
+            if waiter is None:
+                continue
+            term, cb = waiter
+            if term == e.term and outcome is not None:
+                cb(outcome)
+            else:
+                cb(Outcome(False, LeadershipLostError(self.core.lead, "the proposal was overwritten by a new leader")))
+
+    def _serve_reads(self) -> None:
+        applied = self.applier.applied_index
+        while self._waiting and self._waiting[0][0] <= applied:
+            _, _, pr = heapq.heappop(self._waiting)
+            pr.callback([self.applier.query(q) for q in pr.queries])
+
+    @staticmethod
+    def _fail_read(pr: _PendingRead, exc: Exception) -> None:
+        pr.callback([Outcome(False, exc)] * len(pr.queries))
+
+    def fail_all(self, exc: Exception) -> None:
+        """Answer every pending request with ``exc`` (the node is going away)."""
+        writes, self._writes = self._writes, {}
+        for _, cb in writes.values():
+            cb(Outcome(False, exc))
+        reads = list(self._reads.values()) + [w[2] for w in self._waiting]
+        self._reads, self._waiting = {}, []
+        for pr in reads:
+            self._fail_read(pr, exc)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        c = self.core
+        return {
+            "node": c.id,
+            "role": "recovering" if c.recovering else c.role.name.lower(),
+            "term": c.term,
+            "leader": c.lead,
+            "commit_index": c.log.commit,
+            "applied_index": self.applier.applied_index,
+            "log_length": c.log.last_index(),
+        }

@@ -1,0 +1,474 @@
+"""A deterministic simulator: a whole cluster and its clients in one process, in virtual time.
+
+A seed decides every tick, message delay, drop, duplicate, reorder, partition and crash, so a
+failing run replays exactly: ``python -m raft_actors.sim --seed N``. The simulator runs the
+same :class:`~raft_actors.replica.Replica` (core + storage + applier) as the Ray actors, and
+checks the Raft safety properties as it goes:
+
+- election safety: at most one leader per term;
+- leader completeness: a new leader holds every entry committed before its election;
+- state machine safety: no two nodes commit or apply different entries at one index;
+- log matching (at the end): logs that agree on an entry's term agree on everything before it;
+- durability: every acknowledged write is in the committed log.
+
+Client histories come back in :class:`SimResult` for a linearizability check
+(:mod:`raft_actors.linearizability`). Users can simulate their own state machine by passing
+``state_machine`` and a ``workload``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import RaftConfig
+from .core import Entry, EntryKind, HardState, Message, Ready, Role
+from .envelope import Outcome, decode_request, encode_request
+from .errors import NotLeaderError
+from .linearizability import Operation
+from .replica import FOLLOWER, LINEARIZABLE, Replica
+from .state_machines import KVStore
+from .storage import MemoryStorage
+
+#: a workload returns ("write", command) or ("read", query) for a client, given the sim's rng
+Workload = Callable[[random.Random, int, int], tuple[str, Any]]
+
+
+def kv_workload(keys: tuple[str, ...] = ("a", "b", "c"), read_ratio: float = 0.4) -> Workload:
+    """Random puts (unique values), cas, deletes and gets over a few keys."""
+
+    def make(rng: random.Random, client: int, n: int) -> tuple[str, Any]:
+        key = rng.choice(keys)
+        r = rng.random()
+        if r < read_ratio:
+            return "read", ("get", key)
+        value = f"{client}.{n}"
+        if r < read_ratio + 0.1:
+            return "write", ("cas", key, rng.choice([None, f"{rng.randrange(4)}.{rng.randrange(n + 1)}"]), value)
+        if r < read_ratio + 0.15:
+            return "write", ("delete", key)
+        return "write", ("put", key, value)
+
+    return make
+
+
+@dataclass
+class Faults:
+    """What goes wrong during a simulated run (probabilities per message, intervals in virtual ms)."""
+
+    drop: float = 0.03
+    duplicate: float = 0.02
+    min_delay: int = 1
+    max_delay: int = 8
+    #: chance that a message is held back much longer (so it arrives out of order)
+    long_delay: float = 0.03
+    long_delay_max: int = 80
+    #: mean virtual ms between partition changes (None: never partition)
+    partition_every: int | None = 700
+    #: mean virtual ms between crashes (None: never crash)
+    crash_every: int | None = 900
+    #: how long a crashed node stays down, at most
+    max_downtime: int = 400
+    #: chance that a crash also destroys the node's storage (it then rejoins as "recovering");
+    #: one node at a time, as losing a majority's storage may lose committed data for good
+    lose_storage: float = 0.0
+    #: chance that a crash picks a leader rather than any node
+    target_leader: float = 0.5
+
+    @classmethod
+    def chaos(cls) -> Faults:
+        """Frequent leader crashes, partitions and loss: the schedules that break weak protocols."""
+        return cls(drop=0.1, duplicate=0.05, long_delay=0.1, partition_every=150, crash_every=200,
+                   max_downtime=300, target_leader=0.8)
+
+
+@dataclass
+class SimResult:
+    """What happened in one simulated run."""
+
+    seed: int
+    history: list[Operation]
+    violations: list[str]
+    leaders: dict[int, int]
+    committed: dict[int, Entry]
+    final_states: dict[int, bytes]
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def describe(self) -> str:
+        lines = [f"seed {self.seed}: {'OK' if self.ok else 'VIOLATIONS'}  stats={self.stats}"]
+        lines += [f"  - {v}" for v in self.violations]
+        lines.append(f"  replay: python -m raft_actors.sim --seed {self.seed}")
+        return "\n".join(lines)
+
+
+class _Client:
+    def __init__(self, cid: int):
+        self.id = cid
+        self.seq = 0
+        self.n_ops = 0
+        self.hint = 0
+        self.kind = ""
+        self.payload: Any = None
+        self.encoded = b""
+        self.mode = LINEARIZABLE
+        self.call = 0
+        self.deadline = 0
+        self.attempt = 0
+        self.busy = False
+
+
+class Simulator:
+    """A seeded, virtual-time cluster of ``num_nodes`` replicas and ``num_clients`` clients.
+
+    Args:
+        seed: decides everything; the same seed gives the same run.
+        num_nodes: cluster size.
+        config: Raft settings (``tick_interval`` is ignored: a tick is ``tick_ms`` virtual ms).
+        state_machine: a zero-argument factory of the state machine each node runs.
+        faults: what goes wrong, and how often.
+        num_clients: concurrent clients, one outstanding request each.
+        workload: makes each client's next operation (default: :func:`kv_workload`).
+        follower_reads: share of reads sent to followers (served after a ReadIndex from the leader).
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        num_nodes: int = 3,
+        config: RaftConfig | None = None,
+        state_machine: Callable[[], Any] = KVStore,
+        faults: Faults | None = None,
+        num_clients: int = 3,
+        workload: Workload | None = None,
+        tick_ms: int = 10,
+        follower_reads: float = 0.3,
+    ):
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.cfg = config or RaftConfig()
+        self.faults = faults if faults is not None else Faults()
+        self.ids = list(range(1, num_nodes + 1))
+        self.sm_factory = state_machine
+        self.workload = workload or kv_workload()
+        self.tick_ms = tick_ms
+        self.follower_reads = follower_reads
+        self.now = 0
+        self._events: list[tuple[int, int, Callable[[], None]]] = []
+        self._seq = 0
+        self.storages = {i: MemoryStorage() for i in self.ids}
+        self.nodes: dict[int, Replica | None] = {}
+        self.groups: dict[int, int] = {i: 0 for i in self.ids}  # partition group of each node
+        self.clients = [_Client(1000 + c) for c in range(num_clients)]
+        self.history: list[Operation] = []
+        self.violations: list[str] = []
+        self.leaders: dict[int, int] = {}
+        self.committed: dict[int, Entry] = {}
+        self.applied: dict[int, Entry] = {}
+        self._seen_commit: dict[int, int] = {}
+        self._seen_applied: dict[int, int] = {}
+        self._acked: list[tuple[int, int]] = []
+        self.stats = {"messages": 0, "dropped": 0, "crashes": 0, "partitions": 0, "elections": 0}
+        self.faults_on = True
+        self.clients_on = True
+        for i in self.ids:
+            self._start_node(i)
+            self._at(self.rng.randrange(tick_ms), lambda i=i: self._tick(i))
+
+    # ------------------------------------------------------------------ event loop
+    def _at(self, delay: int, fn: Callable[[], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (self.now + delay, self._seq, fn))
+
+    def _run_until(self, t_end: int) -> None:
+        while self._events and self._events[0][0] <= t_end:
+            t, _, fn = heapq.heappop(self._events)
+            self.now = t
+            fn()
+        self.now = t_end
+
+    def run(self, duration: int = 3000, settle: int = 3000) -> SimResult:
+        """Run faults and clients for ``duration`` virtual ms, then heal everything and let the
+        cluster settle for ``settle`` ms; check the end state and return the result."""
+        if self.faults.partition_every:
+            self._at(self._exp(self.faults.partition_every), self._repartition)
+        if self.faults.crash_every:
+            self._at(self._exp(self.faults.crash_every), self._crash_someone)
+        for c in self.clients:
+            self._at(self.rng.randrange(50), lambda c=c: self._next_op(c))
+        self._run_until(duration)
+        # heal: no more faults or new client operations, restart everything, let it converge
+        self.faults_on = False
+        self.clients_on = False
+        self.groups = {i: 0 for i in self.ids}
+        for i in self.ids:
+            if self.nodes[i] is None:
+                self._start_node(i)
+        self._run_until(duration + settle)
+        self._final_checks()
+        finals = {i: n.applier.sm.snapshot() for i, n in self.nodes.items() if n is not None and hasattr(n.applier.sm, "snapshot")}
+        return SimResult(self.seed, self.history, self.violations, dict(self.leaders), dict(self.committed), finals, dict(self.stats))
+
+    def _exp(self, mean: int) -> int:
+        return max(1, int(self.rng.expovariate(1.0 / mean)))
+
+    # ------------------------------------------------------------------ nodes
+    def _start_node(self, i: int) -> None:
+        node = Replica(
+            i, self.ids, self.cfg, self.storages[i], self.sm_factory(),
+            random.Random(self.rng.getrandbits(64)), observer=self._observe,
+        )
+        self.nodes[i] = node
+        self._seen_commit[i] = node.core.log.commit
+        self._seen_applied[i] = 0
+        self._flush(node)
+
+    def _tick(self, i: int) -> None:
+        node = self.nodes[i]
+        if node is not None:
+            node.tick()
+            self._flush(node)
+        self._at(self.tick_ms, lambda: self._tick(i))
+
+    def _flush(self, node: Replica) -> None:
+        for m in node.process_ready():
+            self._send(m)
+
+    def _crash_someone(self) -> None:
+        if not self.faults_on:
+            return
+        up = [i for i in self.ids if self.nodes[i] is not None]
+        # keep a majority able to come back: crash only while more than a majority is up
+        if len(up) > len(self.ids) // 2 + 1 or (len(self.ids) <= 2 and up):
+            leaders = [j for j in up if (n := self.nodes[j]) is not None and n.core.role == Role.LEADER]
+            i = self.rng.choice(leaders if leaders and self.rng.random() < self.faults.target_leader else up)
+            node = self.nodes[i]
+            assert node is not None
+            node.fail_all(NotLeaderError(0, "node crashed"))
+            self.nodes[i] = None
+            self.stats["crashes"] += 1
+            recovering = any(st.hard_state.recovering for st in self.storages.values())
+            if self.rng.random() < self.faults.lose_storage and not recovering:
+                # the disk is gone: the node comes back empty, marked as having lost its state
+                self.storages[i] = MemoryStorage()
+                self.storages[i].set_hard_state(HardState(recovering=True))
+            self._at(1 + self.rng.randrange(self.faults.max_downtime), lambda: self._restart(i))
+        self._at(self._exp(self.faults.crash_every or 1), self._crash_someone)
+
+    def _restart(self, i: int) -> None:
+        if self.nodes[i] is None:
+            self._start_node(i)
+
+    def _repartition(self) -> None:
+        if not self.faults_on:
+            return
+        self.stats["partitions"] += 1
+        if self.rng.random() < 0.35:
+            self.groups = {i: 0 for i in self.ids}
+        else:
+            ids = self.ids[:]
+            self.rng.shuffle(ids)
+            cut = 1 + self.rng.randrange(len(ids) - 1) if len(ids) > 1 else 1
+            self.groups = {i: (0 if k < cut else 1) for k, i in enumerate(ids)}
+        self._at(self._exp(self.faults.partition_every or 1), self._repartition)
+
+    # ------------------------------------------------------------------ network
+    def _delay(self) -> int:
+        f = self.faults
+        if self.faults_on and self.rng.random() < f.long_delay:
+            return f.max_delay + self.rng.randrange(f.long_delay_max)
+        return f.min_delay + self.rng.randrange(f.max_delay - f.min_delay + 1)
+
+    def _lost(self) -> bool:
+        return self.faults_on and self.rng.random() < self.faults.drop
+
+    def _send(self, m: Message) -> None:
+        self.stats["messages"] += 1
+        if self.groups[m.frm] != self.groups[m.to] or self._lost():
+            self.stats["dropped"] += 1
+            return
+        copies = 2 if self.faults_on and self.rng.random() < self.faults.duplicate else 1
+        for _ in range(copies):
+            self._at(self._delay(), lambda: self._deliver(m))
+
+    def _deliver(self, m: Message) -> None:
+        node = self.nodes[m.to]
+        if node is None or self.groups[m.frm] != self.groups[m.to]:
+            return
+        node.step(m)
+        self._flush(node)
+
+    # ------------------------------------------------------------------ clients
+    def _next_op(self, c: _Client) -> None:
+        if not self.clients_on:
+            return
+        c.n_ops += 1
+        c.kind, c.payload = self.workload(self.rng, c.id, c.n_ops)
+        if c.kind == "write":
+            c.seq += 1
+            c.encoded = encode_request(c.id, c.seq, c.seq, c.payload)
+        else:
+            c.mode = FOLLOWER if self.rng.random() < self.follower_reads else LINEARIZABLE
+        c.call = self.now
+        c.deadline = self.now + 1500
+        c.busy = True
+        self._attempt(c)
+
+    def _attempt(self, c: _Client) -> None:
+        if not c.busy:
+            return
+        if self.now >= c.deadline:
+            # give up: a write's outcome is unknown, a read that never returned tells nothing
+            if c.kind == "write":
+                self.history.append(Operation(c.id, c.payload, c.call, None))
+            self._finish(c)
+            return
+        c.attempt += 1
+        attempt = c.attempt
+        if c.kind == "read" and c.mode == FOLLOWER:
+            target = self.rng.choice(self.ids)
+        else:
+            target = c.hint if c.hint else self.rng.choice(self.ids)
+        if not self._lost():
+            self._at(self._delay(), lambda: self._request_at(c, attempt, target))
+        self._at(120, lambda: self._attempt_timed_out(c, attempt))
+
+    def _attempt_timed_out(self, c: _Client, attempt: int) -> None:
+        if c.busy and c.attempt == attempt:
+            c.hint = 0
+            self._attempt(c)
+
+    def _request_at(self, c: _Client, attempt: int, target: int) -> None:
+        node = self.nodes[target]
+        if node is None:
+            return
+
+        def reply(outcomes: Outcome | list[Outcome]) -> None:
+            out = outcomes[0] if isinstance(outcomes, list) else outcomes
+            if not self._lost():
+                self._at(self._delay(), lambda: self._response(c, attempt, target, out))
+
+        try:
+            if c.kind == "write":
+                node.propose([c.encoded], [reply])
+            else:
+                node.read([c.payload], c.mode, reply)
+        except NotLeaderError as exc:
+            reply(Outcome(False, exc))
+        self._flush(node)
+
+    def _response(self, c: _Client, attempt: int, target: int, out: Outcome) -> None:
+        if not c.busy or c.attempt != attempt:
+            return
+        if not out.ok and isinstance(out.value, (NotLeaderError, TimeoutError)):
+            hint = getattr(out.value, "leader_hint", 0)
+            c.hint = hint if hint and hint != target else 0
+            self._at(5 + self.rng.randrange(20), lambda: self._attempt(c))
+            return
+        c.hint = target if c.mode == LINEARIZABLE or c.kind == "write" else c.hint
+        value = out.value if out.ok else f"error:{type(out.value).__name__}"
+        self.history.append(Operation(c.id, c.payload, c.call, self.now, value))
+        if c.kind == "write":
+            self._acked.append((c.id, c.seq))
+        self._finish(c)
+
+    def _finish(self, c: _Client) -> None:
+        c.busy = False
+        c.attempt += 1
+        self._at(1 + self.rng.randrange(20), lambda: self._next_op(c))
+
+    # ------------------------------------------------------------------ safety checks
+    def _violation(self, text: str) -> None:
+        self.violations.append(f"t={self.now}ms: {text}")
+
+    def _observe(self, node: Replica, rd: Ready) -> None:
+        core = node.core
+        i = core.id
+        if core.role == Role.LEADER and rd.soft_state_changed:
+            prev = self.leaders.setdefault(core.term, i)
+            if prev != i:
+                self._violation(f"two leaders in term {core.term}: {prev} and {i}")
+            else:
+                self.stats["elections"] += 1
+                for idx, e in self.committed.items():
+                    if core.log.term(idx) != e.term:
+                        self._violation(f"leader {i} of term {core.term} lacks committed entry {idx} (term {e.term})")
+                        break
+        commit = core.log.commit
+        for idx in range(self._seen_commit[i] + 1, commit + 1):
+            e = core.log.slice(idx, idx + 1)[0]
+            known = self.committed.setdefault(idx, e)
+            if known != e:
+                self._violation(f"node {i} committed {e} at {idx}, but {known} was committed there")
+        self._seen_commit[i] = max(self._seen_commit[i], commit)
+        for e in rd.committed_entries:
+            known = self.applied.setdefault(e.index, e)
+            if known != e:
+                self._violation(f"node {i} applied {e} at {e.index}, another node applied {known}")
+            if e.index != self._seen_applied[i] + 1:
+                self._violation(f"node {i} applied {e.index} after {self._seen_applied[i]}")
+            self._seen_applied[i] = e.index
+
+    def _final_checks(self) -> None:
+        up = {i: n for i, n in self.nodes.items() if n is not None}
+        logs = {i: n.core.log for i, n in up.items()}
+        ids = sorted(logs)
+        for a_pos, a in enumerate(ids):
+            for b in ids[a_pos + 1 :]:
+                la, lb = logs[a], logs[b]
+                last = min(la.last_index(), lb.last_index())
+                agree = next((k for k in range(last, 0, -1) if la.term(k) == lb.term(k)), 0)
+                if la.slice(1, agree + 1) != lb.slice(1, agree + 1):
+                    self._violation(f"log matching: nodes {a} and {b} agree on the term at {agree} but differ before it")
+        present = set()
+        for e in self.committed.values():
+            if e.kind == EntryKind.NORMAL:
+                req = decode_request(e.command)
+                present.add((req.client_id, req.seq))
+        for key in self._acked:
+            if key not in present:
+                self._violation(f"acknowledged write {key} is not in the committed log")
+        leaders = [i for i, n in up.items() if n.core.role == Role.LEADER]
+        if not leaders:
+            self._violation("liveness: no leader after healing every fault")
+            return
+        applied = {n.applier.applied_index for n in up.values()}
+        states = {n.applier.sm.snapshot() for n in up.values() if hasattr(n.applier.sm, "snapshot")}
+        if len(applied) != 1 or len(states) > 1:
+            self._violation(f"liveness: replicas did not converge after healing (applied indexes {sorted(applied)})")
+
+
+def simulate(seed: int, duration: int = 3000, settle: int = 3000, **kwargs: Any) -> SimResult:
+    """Run one seeded simulation (see :class:`Simulator` for the keyword arguments)."""
+    return Simulator(seed, **kwargs).run(duration, settle)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Replay a seeded raft_actors simulation.")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--clients", type=int, default=3)
+    p.add_argument("--duration", type=int, default=3000, help="virtual ms of faults and load")
+    p.add_argument("--lose-storage", type=float, default=0.0)
+    p.add_argument("--check", action="store_true", help="also check linearizability of the history")
+    a = p.parse_args(argv)
+    res = simulate(a.seed, a.duration, num_nodes=a.nodes, num_clients=a.clients, faults=Faults(lose_storage=a.lose_storage))
+    print(res.describe())
+    if a.check:
+        from .linearizability import check, kv_model
+
+        lin = check(res.history, kv_model())
+        print("linearizable" if lin.ok else lin.describe())
+        return 0 if res.ok and lin.ok else 1
+    return 0 if res.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

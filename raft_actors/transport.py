@@ -1,0 +1,121 @@
+"""Peer messaging for a node actor: Ray calls, batched per peer, with fault injection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from .core import Message
+from .envelope import dumps
+
+log = logging.getLogger(__name__)
+
+#: seconds between look-ups of a peer whose handle is unknown
+_RESOLVE_EVERY = 0.5
+
+
+class Transport:
+    """Sends core messages to peer node actors as one-way Ray calls.
+
+    Messages for one peer queue up while earlier calls to it are in flight and leave together
+    in the next call (one pickled ``bytes`` argument). At most ``max_calls`` calls per peer are
+    in flight at once. Raft tolerates loss, duplication and reordering, so a failed call is
+    simply dropped. A peer without a handle (this actor was restarted, or the peer was
+    replaced) is looked up through ``resolve`` (by actor name), at most every half second.
+
+    Fault injection for tests and benchmarks: :meth:`block` cuts this node off from some peers
+    (both directions, with :meth:`allows` on the receiving side), ``drop_rate`` loses messages
+    at random and ``delay`` holds each call back by that many seconds.
+    """
+
+    def __init__(self, node_id: int, resolve: Callable[[int], Any] | None = None, max_calls: int = 4,
+                 max_queue: int = 10_000):
+        self.node_id = node_id
+        self.peers: dict[int, Any] = {}
+        self._resolve = resolve
+        self._resolved_at: dict[int, float] = {}
+        self.blocked: set[int] = set()
+        self.drop_rate = 0.0
+        self.delay = 0.0
+        self.max_calls = max_calls
+        self.max_queue = max_queue
+        self._queues: dict[int, list[Message]] = {}
+        self._in_flight: dict[int, int] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._rng = random.Random()
+        self.sent_calls = 0
+        self.failed_calls = 0
+
+    def set_peers(self, peers: dict[int, Any]) -> None:
+        self.peers = {i: h for i, h in peers.items() if i != self.node_id}
+
+    def block(self, peers: set[int]) -> None:
+        self.blocked = set(peers)
+
+    def allows(self, peer: int) -> bool:
+        """Whether a message from ``peer`` may be delivered (not cut off by a partition)."""
+        return peer not in self.blocked
+
+    def send(self, messages: list[Message]) -> None:
+        for m in messages:
+            if m.to in self.blocked or (self.drop_rate and self._rng.random() < self.drop_rate):
+                continue
+            q = self._queues.setdefault(m.to, [])
+            if len(q) >= self.max_queue:
+                del q[: len(q) // 2]  # a peer that is gone must not eat all memory
+            q.append(m)
+        for peer, q in self._queues.items():
+            if q and self._in_flight.get(peer, 0) < self.max_calls:
+                self._launch(peer)
+
+    def _handle(self, peer: int) -> Any:
+        handle = self.peers.get(peer)
+        if handle is None and self._resolve is not None:
+            now = time.monotonic()
+            if now - self._resolved_at.get(peer, -1e9) >= _RESOLVE_EVERY:
+                self._resolved_at[peer] = now
+                handle = self._resolve(peer)
+                if handle is not None:
+                    self.peers[peer] = handle
+        return handle
+
+    def _launch(self, peer: int) -> None:
+        handle = self._handle(peer)
+        batch = self._queues[peer]
+        self._queues[peer] = []
+        if handle is None or not batch:
+            return
+        self._in_flight[peer] = self._in_flight.get(peer, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._call(peer, handle, batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, peer: int, handle: Any, batch: list[Message]) -> None:
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            self.sent_calls += 1
+            await handle.receive.remote(self.node_id, dumps(batch))
+        except ray.exceptions.ActorDiedError:
+            self.failed_calls += 1
+            if self.peers.get(peer) is handle:
+                del self.peers[peer]  # replaced by a new actor of the same name? look it up again
+        except (ray.exceptions.RayError, asyncio.CancelledError):
+            self.failed_calls += 1
+        except Exception:  # never let one call take the node down
+            self.failed_calls += 1
+            log.exception("sending to node %s failed", peer)
+        finally:
+            self._in_flight[peer] -= 1
+            if self._queues.get(peer) and self._in_flight[peer] < self.max_calls:
+                self._launch(peer)
+
+    def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()

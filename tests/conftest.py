@@ -1,0 +1,49 @@
+"""Shared fixtures: one Ray session for the whole suite (ray.init costs seconds)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="raft_actors_tests")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def cluster_factory(ray_session: None) -> Iterator[Callable]:
+    """Launch clusters for one test; every one of them is shut down afterwards."""
+    from raft_actors import RaftCluster
+
+    launched = []
+
+    def launch(**kwargs):
+        c = RaftCluster.launch(**kwargs)
+        launched.append(c)
+        return c
+
+    yield launch
+    for c in launched:
+        c.shutdown()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> object:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)

@@ -1,0 +1,298 @@
+"""Integration tests on a real (local) Ray: node actors, the driver and the client."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import ray
+
+from raft_actors import (
+    ClusterUnavailableError,
+    CommandError,
+    CommandRejectedError,
+    Counter,
+    KVStore,
+    NodeNotFoundError,
+    RaftConfig,
+)
+from raft_actors.envelope import dumps, encode_request, loads
+from raft_actors.linearizability import Operation, check, kv_model
+from raft_actors.state_machines import cas, get, put
+
+from .conftest import wait_until
+
+
+def roles(cluster) -> dict[int, str]:
+    return cluster.status()["role"].to_dict()
+
+
+def test_leader_is_elected_at_start(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3)
+    st = cluster.status()
+    assert sorted(st["role"]) == ["follower", "follower", "leader"]
+    assert st["term"].nunique() == 1
+    leader = cluster.leader()
+    assert set(st["leader"]) == {leader}
+
+
+def test_write_then_read_at_every_consistency(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3)
+    client = cluster.client()
+    assert client.submit(put("x", 1)) is None
+    assert client.query(get("x")) == 1
+    assert client.query(get("x"), consistency="follower") == 1
+    # a stale read may lag, but the value converges on every node
+    wait_until(lambda: all(client.query(get("x"), consistency="stale") == 1 for _ in range(6)), what="stale reads")
+    assert client.submit(cas("x", 1, 2)) is True
+    assert client.submit(cas("x", 1, 3)) is False
+    assert client.query(get("x")) == 2
+    with pytest.raises(ValueError):
+        client.query(get("x"), consistency="eventual")
+    st = cluster.status()
+    wait_until(lambda: cluster.status()["applied_index"].nunique() == 1, what="replicas to converge")
+    assert st["commit_index"].max() >= 4
+
+
+def test_new_leader_after_leader_killed_and_no_acknowledged_write_lost(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3)
+    client = cluster.client()
+    for i in range(20):
+        client.submit(put(f"k{i}", i))
+    old = cluster.leader()
+    cluster.kill(old)
+    client.submit(put("after", "kill"))  # retried until a new leader takes it
+    new = cluster.leader()
+    assert new != old
+    assert roles(cluster)[old] == "dead"
+    for i in range(20):
+        assert client.query(get(f"k{i}")) == i
+    assert client.query(get("after")) == "kill"
+
+
+def test_new_leader_after_leader_partitioned_away(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3)
+    client = cluster.client()
+    client.submit(put("a", 1))
+    old = cluster.leader()
+    cluster.partition([old])
+    others = [i for i in cluster.node_ids if i != old]
+    new = wait_until(
+        lambda: next((i for i, r in roles(cluster).items() if r == "leader" and i != old), None),
+        what="a leader in the majority",
+    )
+    assert new in others
+    client.submit(put("b", 2))
+    # check-quorum: the isolated old leader steps down on its own
+    wait_until(lambda: roles(cluster)[old] != "leader", what="the isolated leader to step down")
+    cluster.heal()
+    wait_until(lambda: cluster.status()["applied_index"].nunique() == 1, what="the old leader to catch up")
+    assert client.query(get("b")) == 2
+
+
+def test_minority_partition_commits_nothing_and_its_entries_are_replaced(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=5, config=RaftConfig(check_quorum=False))
+    client = cluster.client()
+    client.submit(put("base", 0))
+    old = cluster.leader()
+    minority = [old, next(i for i in cluster.node_ids if i != old)]
+    cluster.partition(minority)
+    before = cluster.status()
+    commit_before = int(before.loc[old, "commit_index"])
+    # Propose straight to the old leader: it appends, but cannot reach a majority.
+    ref = cluster.handle(old).submit.remote(dumps([encode_request(999, 1, 1, put("lost", "x"))]))
+    wait_until(lambda: cluster.status().loc[old, "log_length"] > before.loc[old, "log_length"], what="the append")
+    majority = [i for i in cluster.node_ids if i not in minority]
+    wait_until(lambda: any(roles(cluster)[i] == "leader" for i in majority), what="a majority leader")
+    client.submit(put("majority", 1))
+    time.sleep(1.0)
+    st = cluster.status()
+    assert int(st.loc[minority[0], "commit_index"]) == commit_before
+    assert int(st.loc[minority[1], "commit_index"]) <= commit_before + 0
+    cluster.heal()
+    # The old leader learns of the newer term, steps down, and its uncommitted entry is replaced.
+    outcome = loads(dumps(ray.get(ref, timeout=30)))[0]
+    assert not outcome.ok
+    wait_until(lambda: cluster.status()["applied_index"].nunique() == 1, what="convergence after healing")
+    assert client.query(get("lost")) is None
+    assert client.query(get("majority")) == 1
+    for node in cluster.node_ids:
+        wait_until(lambda n=node: client.query(get("lost"), consistency="stale") is None, what=f"node {node}")
+
+
+def test_concurrent_clients_are_linearizable(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3)
+    history: list[Operation] = []
+    lock = threading.Lock()
+    t0 = time.monotonic()
+
+    def worker(w: int) -> None:
+        client = cluster.client()
+        for n in range(25):
+            key = f"k{n % 3}"
+            if n % 3 == 2:
+                op, call = get(key), time.monotonic() - t0
+                out = client.query(op, consistency="follower" if w % 2 else "linearizable")
+            else:
+                op, call = put(key, f"{w}.{n}"), time.monotonic() - t0
+                out = client.submit(op)
+            with lock:
+                history.append(Operation(w, op, call, time.monotonic() - t0, out))
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(history) == 150
+    assert check(history, kv_model()).ok
+
+
+def test_many_async_calls_share_batches_and_all_apply(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3, state_machine=Counter)
+
+    async def run() -> list[int]:
+        client = cluster.async_client()
+        return await asyncio.gather(*(client.submit(("add", 1)) for _ in range(500)))
+
+    results = asyncio.run(run())
+    assert sorted(results) == list(range(1, 501))
+    assert cluster.client().query(("get",)) == 500
+
+
+def test_user_defined_state_machine_and_errors_in_apply(cluster_factory) -> None:
+    class Ledger:
+        """Defined inside the test: cloudpickle carries it to the actors by value."""
+
+        def __init__(self) -> None:
+            self.balance = 0
+
+        def apply(self, command):
+            kind, amount = command
+            if kind == "withdraw" and amount > self.balance:
+                raise ValueError(f"insufficient funds: {self.balance} < {amount}")
+            self.balance += amount if kind == "deposit" else -amount
+            return self.balance
+
+        def query(self, _q):
+            return self.balance
+
+        def snapshot(self) -> bytes:
+            return str(self.balance).encode()
+
+        def restore(self, data: bytes) -> None:
+            self.balance = int(data)
+
+    cluster = cluster_factory(num_nodes=3, state_machine=Ledger)
+    client = cluster.client()
+    assert client.submit(("deposit", 10)) == 10
+    with pytest.raises(CommandError) as err:
+        client.submit(("withdraw", 50))
+    assert err.value.exc_type == "ValueError" and "insufficient" in err.value.message
+    assert isinstance(err.value.cause, ValueError)
+    # the error is a committed result: every node applied it and kept running
+    assert client.submit(("withdraw", 4)) == 6
+    wait_until(lambda: cluster.status()["applied_index"].nunique() == 1, what="convergence")
+    assert set(cluster.status()["role"]) == {"leader", "follower"}
+    for _ in range(3):
+        assert client.query(None, consistency="stale") == 6
+
+
+def test_bad_input_gets_clear_errors_and_the_cluster_keeps_serving(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3)
+    client = cluster.client()
+    log_before = int(cluster.status()["log_length"].max())
+    with pytest.raises(CommandRejectedError, match="unknown KVStore command"):
+        client.submit(("frobnicate", "x"))
+    with pytest.raises(CommandRejectedError, match="takes 2 argument"):
+        client.submit(("put", "x"))
+    with pytest.raises(CommandRejectedError, match="cannot be serialized"):
+        client.submit(put("x", threading.Lock()))
+    with pytest.raises(CommandError, match="unknown KVStore query"):
+        client.query(("scan",))
+    assert int(cluster.status()["log_length"].max()) == log_before  # nothing entered the log
+    with pytest.raises(NodeNotFoundError):
+        cluster.kill(42)
+    with pytest.raises(NodeNotFoundError):
+        cluster.partition([7])
+    assert client.submit(put("still", "serving")) is None
+    assert client.query(get("still")) == "serving"
+    async_client = cluster.async_client()
+    cluster.shutdown()
+    with pytest.raises(ClusterUnavailableError):
+        asyncio.run(async_client.submit(put("x", 1)))
+    with pytest.raises(ClusterUnavailableError):
+        cluster.client()
+    with pytest.raises(ClusterUnavailableError):
+        cluster.status()
+
+
+def test_calls_to_a_cluster_whose_nodes_all_died_fail_fast(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3)
+    client = cluster.async_client()
+    for i in cluster.node_ids:
+        cluster.kill(i)
+    start = time.monotonic()
+    with pytest.raises(ClusterUnavailableError):
+        asyncio.run(client.submit(put("x", 1), timeout=20))
+    assert time.monotonic() - start < 15
+
+
+def test_leadership_transfer(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3)
+    client = cluster.client()
+    client.submit(put("x", 1))
+    old = cluster.leader()
+    target = next(i for i in cluster.node_ids if i != old)
+    cluster.transfer_leadership(target)
+    assert cluster.leader() == target
+    assert client.submit(put("x", 2)) is None
+    assert client.query(get("x")) == 2
+
+
+def test_killed_node_restarts_empty_and_catches_up_safely(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3)
+    client = cluster.client()
+    for i in range(10):
+        client.submit(put(f"k{i}", i))
+    follower = next(i for i in cluster.node_ids if i != cluster.leader())
+    cluster.kill(follower)
+    client.submit(put("while", "down"))
+    cluster.restart(follower)
+    wait_until(lambda: cluster.status()["applied_index"].nunique() == 1, what="the restarted node to catch up")
+    wait_until(lambda: roles(cluster)[follower] == "follower", what="the node to leave recovering mode")
+    assert client.query(get("while"), consistency="follower") == "down"
+
+
+def test_crashed_node_is_restarted_by_ray(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3)
+    client = cluster.client()
+    client.submit(put("x", 1))
+    leader = cluster.leader()
+    pid = int(cluster.status().loc[leader, "pid"])
+    cluster.crash(leader)
+    client.submit(put("x", 2))
+    wait_until(lambda: cluster.status().loc[leader, "pid"] not in (pid, None), what="ray to restart the actor")
+    wait_until(lambda: cluster.status()["applied_index"].nunique() == 1, what="convergence")
+    assert client.query(get("x")) == 2
+
+
+def test_exactly_once_for_a_retried_request(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3, state_machine=Counter)
+    leader = cluster.handle(cluster.leader())
+    payload = dumps([encode_request(7, 1, 1, ("add", 5))])
+    first = ray.get(leader.submit.remote(payload))
+    again = ray.get(leader.submit.remote(payload))  # the same session and sequence number
+    assert first[0].ok and again[0].ok and first[0].value == again[0].value == 5
+    assert cluster.client().query(("get",)) == 5
+    st = cluster.status()
+    assert st["log_length"].max() >= 3  # both copies are in the log, applied once
+
+
+def test_single_node_cluster(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=1, state_machine=KVStore)
+    client = cluster.client()
+    client.submit(put("solo", True))
+    assert client.query(get("solo")) is True
