@@ -158,7 +158,9 @@ class RaftCluster:
             rows.append(st)
         cols = ["node", "role", "term", "leader", "commit_index", "applied_index", "log_length"]
         df = pd.DataFrame(rows)
-        return df[[c for c in cols if c in df.columns] + [c for c in df.columns if c not in cols]].set_index("node")
+        df = df[[c for c in cols if c in df.columns] + [c for c in df.columns if c not in cols]]
+        ints = [c for c in ("term", "leader", "commit_index", "applied_index", "log_length", "pid") if c in df.columns]
+        return df.astype({c: "Int64" for c in ints}).set_index("node")
 
     def leader(self, timeout: float = 10.0) -> int:
         """The id of the current leader, waiting up to ``timeout`` seconds for one."""
