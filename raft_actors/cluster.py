@@ -88,15 +88,15 @@ class RaftCluster:
         cluster = cls(name, {}, config, sm, options, owns_ray)
         ids = list(range(1, num_nodes + 1))
         for i in ids:
-            cluster._nodes[i] = cluster._new_actor(i, ids, recovering=False)
+            cluster._nodes[i] = cluster._new_actor(i, ids, lost_state=False)
         cluster._connect_all()
         if wait_for_leader is not None:
             cluster.leader(timeout=wait_for_leader)
         return cluster
 
-    def _new_actor(self, node_id: int, ids: list[int], recovering: bool) -> Any:
+    def _new_actor(self, node_id: int, ids: list[int], lost_state: bool) -> Any:
         actor_cls = ray.remote(RaftNode).options(name=node_actor_name(self.name, node_id), **self._actor_options)
-        return actor_cls.remote(node_id, ids, self.config, self._state_machine, recovering, self.name)
+        return actor_cls.remote(node_id, ids, self.config, self._state_machine, lost_state, self.name)
 
     def _connect_all(self) -> None:
         live = {i: h for i, h in self._nodes.items() if i not in self._dead}
@@ -192,13 +192,14 @@ class RaftCluster:
     def restart(self, node_id: int, timeout: float = 30.0) -> None:
         """Bring a killed node back (or crash and restart a live one) and wait until it answers.
 
-        With in-memory storage the node comes back empty; it rejoins in *recovering* mode
-        (no vote, no campaign) until a leader has caught it up, so its lost vote and log cannot
-        break safety.
+        With in-memory storage the node comes back empty. Having forgotten its votes and the
+        entries it acknowledged, it rejoins as a *non-voter*: it receives and applies the log and
+        serves reads, but never votes, campaigns or counts toward a quorum, so what it forgot
+        cannot break safety.
         """
         self._check(node_id)
         if node_id in self._dead:
-            self._nodes[node_id] = self._new_actor(node_id, self.node_ids, recovering=True)
+            self._nodes[node_id] = self._new_actor(node_id, self.node_ids, lost_state=True)
             self._dead.discard(node_id)
             self._connect_all()
         else:

@@ -35,7 +35,15 @@ of Lowe ("just-in-time linearization") and Porcupine:
   *dominance*: a configuration that differs from an explored one only by
   additionally containing unknown-outcome operations (and has the same
   known set and state) cannot succeed where the explored one did not, so it
-  is pruned.  This makes e.g. timed-out reads free.
+  is pruned.  This makes e.g. timed-out reads free.  Two more sound
+  prunings keep histories with many timed-out writes tractable: among
+  invoked unknown-outcome operations with equal inputs only the earliest
+  unused one is tried (they are interchangeable), and an unknown-outcome
+  operation is not linearized directly after another one whose effect it
+  erases (e.g. two writes), since linearizing it alone is at least as
+  good.  Refuting a history can still take exponential time in the number
+  of unknown-outcome operations (the problem is NP-complete), hence
+  ``timeout``.
 * The search is done independently for each sub-history returned by the
   model's ``partition`` function (P-compositionality: a history is
   linearizable iff each independent part is), e.g. per key for a key-value
@@ -150,10 +158,7 @@ def _format_time(t: float | None) -> str:
 def _format_op(op: Operation) -> str:
     """Render an operation on one line for :meth:`CheckResult.describe`."""
     result = "?" if op.ret is None else repr(op.output)
-    return (
-        f"[{_format_time(op.call)}, {_format_time(op.ret)}] "
-        f"client={op.client!r} {op.input!r} -> {result}"
-    )
+    return f"[{_format_time(op.call)}, {_format_time(op.ret)}] client={op.client!r} {op.input!r} -> {result}"
 
 
 @dataclass
@@ -203,10 +208,7 @@ class CheckResult:
                 sections are elided in the middle.
         """
         if self.ok:
-            return (
-                "History is linearizable "
-                f"({self.partitions_checked} sub-histories checked)."
-            )
+            return f"History is linearizable ({self.partitions_checked} sub-histories checked)."
         part = self.partition or []
         lines = [
             (
@@ -215,53 +217,31 @@ class CheckResult:
                 "linearization."
             ),
             f"Initial state: {self.initial_state!r}",
-            (
-                f"Longest linearizable prefix found ({len(self.longest_prefix)} "
-                "operations; op -> state after):"
-            ),
+            (f"Longest linearizable prefix found ({len(self.longest_prefix)} operations; op -> state after):"),
         ]
         prefix_lines = [
             f"  {n + 1:4d}. {_format_op(op)}  => {state!r}"
-            for n, (op, state) in enumerate(
-                zip(self.longest_prefix, self.prefix_states, strict=True)
-            )
+            for n, (op, state) in enumerate(zip(self.longest_prefix, self.prefix_states, strict=True))
         ]
         lines.extend(_elide(prefix_lines, max_lines, keep_tail=True))
         state = self.prefix_states[-1] if self.prefix_states else self.initial_state
         lines.append(f"State after prefix: {state!r}")
         if self.next_candidates:
-            lines.append(
-                "Operations that could come next (none leads to a full linearization):"
-            )
+            lines.append("Operations that could come next (none leads to a full linearization):")
             cand_lines = [
                 f"        {_format_op(op)}  "
-                + (
-                    "(accepted here, but only dead ends follow)"
-                    if legal
-                    else "(REJECTED by the model here)"
-                )
+                + ("(accepted here, but only dead ends follow)" if legal else "(REJECTED by the model here)")
                 for op, legal in self.next_candidates
             ]
             lines.extend(_elide(cand_lines, max_lines, keep_tail=False))
         in_prefix = {id(op) for op in self.longest_prefix}
-        rest = sorted(
-            (op for op in part if id(op) not in in_prefix), key=lambda o: o.call
-        )
+        rest = sorted((op for op in part if id(op) not in in_prefix), key=lambda o: o.call)
         lines.append(f"Operations not linearized ({len(rest)}, by invocation time):")
+        lines.extend(_elide([f"        {_format_op(op)}" for op in rest], max_lines, keep_tail=False))
+        lines.append(f"Failing sub-history ({len(part)} operations, by invocation time):")
         lines.extend(
             _elide(
-                [f"        {_format_op(op)}" for op in rest], max_lines, keep_tail=False
-            )
-        )
-        lines.append(
-            f"Failing sub-history ({len(part)} operations, by invocation time):"
-        )
-        lines.extend(
-            _elide(
-                [
-                    f"        {_format_op(op)}"
-                    for op in sorted(part, key=lambda o: o.call)
-                ],
+                [f"        {_format_op(op)}" for op in sorted(part, key=lambda o: o.call)],
                 max_lines,
                 keep_tail=False,
             )
@@ -310,9 +290,7 @@ class _SearchOutcome:
     states: list[Any]
 
 
-def _search(
-    ops: Sequence[Operation], model: Model, deadline: float | None
-) -> _SearchOutcome:
+def _search(ops: Sequence[Operation], model: Model, deadline: float | None) -> _SearchOutcome:
     """Search for a linearization of ``ops`` (one independent sub-history).
 
     Implements just-in-time linearization with an explicit stack over two
@@ -354,7 +332,6 @@ def _search(
     kind = [_END] * size
     rank = [len(events)] * size  # tails rank after every event
     node_op = [-1] * size
-    call_node = [-1] * n
     ret_node = [-1] * n
     kind[_MAIN_TAIL] = _KNOWN_RET  # acts as a barrier; unreachable in practice
     main_last, unk_last = _MAIN_HEAD, _UNK_HEAD
@@ -366,7 +343,6 @@ def _search(
             ret_node[i] = node
             kind[node] = _KNOWN_RET
         else:
-            call_node[i] = node
             kind[node] = _KNOWN_CALL if known[i] else _UNKNOWN_CALL
         if kind[node] == _UNKNOWN_CALL:
             nxt[unk_last], prv[node], unk_last = node, unk_last, node
@@ -378,19 +354,12 @@ def _search(
     # Unknown-outcome operations with equal inputs are interchangeable once
     # both have been invoked, so only the earliest one still unlinearized is
     # ever tried: earlier_same[i] holds the bits of the earlier ones.
-    earlier_same = [0] * n
-    seen: list[tuple[Any, int]] = []
+    unknown_in_order: list[int] = []
     node = nxt[_UNK_HEAD]
     while node != _UNK_TAIL:
-        i = node_op[node]
-        for idx, (inp, mask) in enumerate(seen):
-            if inp == inputs[i]:
-                earlier_same[i] = mask
-                seen[idx] = (inp, mask | bit[i])
-                break
-        else:
-            seen.append((inputs[i], bit[i]))
+        unknown_in_order.append(node_op[node])
         node = nxt[node]
+    earlier_same = _earlier_equal_masks(unknown_in_order, inputs, bit, n)
 
     state = init_state
     kbits = 0  # linearized known-outcome operations
@@ -408,11 +377,7 @@ def _search(
 
     while known_left:
         iterations += 1
-        if (
-            deadline is not None
-            and not iterations & _CLOCK_EVERY
-            and monotonic() >= deadline
-        ):
+        if deadline is not None and not iterations & _CLOCK_EVERY and monotonic() >= deadline:
             raise TimeoutError(
                 f"linearizability check timed out after {iterations} steps "
                 f"({len(best_prefix)} of {n} operations linearized at best)"
@@ -503,6 +468,36 @@ def _search(
     return _SearchOutcome(True, [], [])
 
 
+def _earlier_equal_masks(order: list[int], inputs: list[Any], bit: list[int], n: int) -> list[int]:
+    """For each operation in ``order``, OR the bits of earlier ones with an equal input.
+
+    Returns a list indexed by operation (zero for operations not in
+    ``order``).  Uses a dict when the inputs are hashable, and pairwise
+    comparison otherwise.
+    """
+    masks = [0] * n
+    try:
+        by_input: dict[Any, int] = {}
+        for i in order:
+            acc = by_input.get(inputs[i], 0)
+            masks[i] = acc
+            by_input[inputs[i]] = acc | bit[i]
+        return masks
+    except TypeError:  # unhashable inputs
+        pass
+    masks = [0] * n
+    groups: list[tuple[Any, int]] = []
+    for i in order:
+        for idx, (inp, acc) in enumerate(groups):
+            if inp == inputs[i]:
+                masks[i] = acc
+                groups[idx] = (inp, acc | bit[i])
+                break
+        else:
+            groups.append((inputs[i], bit[i]))
+    return masks
+
+
 def _validate(history: Sequence[Operation]) -> list[Operation]:
     """Return the history as a list, rejecting malformed operations."""
     ops = list(history)
@@ -525,18 +520,14 @@ def _next_candidates(
         return []
     barrier = min(r for r in pending_rets if r is not None)
     out: list[tuple[Operation, bool]] = []
-    for i in sorted(
-        (i for i in remaining if ops[i].call <= barrier), key=lambda j: ops[j].call
-    ):
+    for i in sorted((i for i in remaining if ops[i].call <= barrier), key=lambda j: ops[j].call):
         op = ops[i]
         legal, _ = model.step(state, op.input, UNKNOWN if op.ret is None else op.output)
         out.append((op, bool(legal)))
     return out
 
 
-def check(
-    history: Sequence[Operation], model: Model, *, timeout: float | None = None
-) -> CheckResult:
+def check(history: Sequence[Operation], model: Model, *, timeout: float | None = None) -> CheckResult:
     """Decide whether ``history`` is linearizable with respect to ``model``.
 
     Operation ``a`` precedes ``b`` iff ``a.ret is not None and a.ret <
@@ -568,9 +559,7 @@ def check(
         if not part:
             continue
         if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError(
-                f"linearizability check timed out after {index} of {len(parts)} sub-histories"
-            )
+            raise TimeoutError(f"linearizability check timed out after {index} of {len(parts)} sub-histories")
         outcome = _search(part, model, deadline)
         if not outcome.ok:
             init_state = model.init()
@@ -632,9 +621,7 @@ def _kv_step_single(state: Any, inp: Any, output: Any) -> tuple[bool, Any]:
     return _kv_apply(state, inp, output)
 
 
-def _kv_step_map(
-    state: frozenset[tuple[Any, Any]], inp: Any, output: Any
-) -> tuple[bool, Any]:
+def _kv_step_map(state: frozenset[tuple[Any, Any]], inp: Any, output: Any) -> tuple[bool, Any]:
     """Step function of the unpartitioned key-value model.
 
     The state is a frozenset of ``(key, value)`` pairs for the present keys.
@@ -677,9 +664,7 @@ def kv_model(*, partitioned: bool = True) -> Model:
             cross-check the partitioned model.
     """
     if partitioned:
-        return Model(
-            init=lambda: ABSENT, step=_kv_step_single, partition=_partition_by_key
-        )
+        return Model(init=lambda: ABSENT, step=_kv_step_single, partition=_partition_by_key)
     return Model(init=frozenset, step=_kv_step_map)
 
 

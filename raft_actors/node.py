@@ -35,14 +35,15 @@ class RaftNode:
         voters: every voting member's id.
         config: protocol and timing settings.
         state_machine: cloudpickled zero-argument factory of the state machine (usually a class).
-        recovering: this node had state before and lost it (see ``RaftCore``). Also set when Ray
-            restarts the actor, because the in-memory storage died with the old process.
+        lost_state: this node had state before and lost it; it rejoins as a non-voter (see
+            ``RaftCore``). Also set when Ray restarts the actor, because the in-memory storage
+            died with the old process.
         cluster_name: peers are named actors ``node_actor_name(cluster_name, id)``; a node
             finds them by name when it has no handle (after a restart).
     """
 
     def __init__(self, node_id: int, voters: list[int], config: RaftConfig, state_machine: bytes,
-                 recovering: bool = False, cluster_name: str = ""):
+                 lost_state: bool = False, cluster_name: str = ""):
         with warnings.catch_warnings():  # Ray's property trips its own deprecation warning
             warnings.simplefilter("ignore", DeprecationWarning)
             reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
@@ -52,7 +53,7 @@ class RaftNode:
         self.transport = Transport(node_id, self._lookup_peer)
         self.replica = Replica(
             node_id, voters, config, MemoryStorage(), cloudpickle.loads(state_machine)(),
-            random.Random(), recovering=recovering or reconstructed,
+            random.Random(), lost_state=lost_state or reconstructed,
         )
         self._kick = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -43,7 +43,8 @@ class Replica:
         node_id, voters, config, rng: as for :class:`~raft_actors.core.RaftCore`.
         storage: where the log and hard state live; its contents are loaded now.
         state_machine: the user's state machine (wrapped for exactly-once application).
-        recovering: this node had state before and lost it (see ``RaftCore``).
+        lost_state: this node had state before and lost it: it rejoins as a non-voter
+            (see ``RaftCore``).
         observer: called as ``observer(replica, ready)`` after each ready is handled
             (the simulator checks safety properties through it).
     """
@@ -56,18 +57,21 @@ class Replica:
         storage: Storage,
         state_machine: Any,
         rng: random.Random,
-        recovering: bool = False,
+        lost_state: bool = False,
         observer: Callable[[Replica, Ready], None] | None = None,
     ):
         hs, entries = storage.load()
         self.config = config
         self.storage = storage
-        self.core = RaftCore(node_id, voters, config, rng, hs, entries, recovering)
+        self.core = RaftCore(node_id, voters, config, rng, hs, entries, lost_state)
         self.applier = Applier(state_machine)
         self.observer = observer
         self._writes: dict[int, tuple[int, WriteCallback]] = {}
-        self._reads: dict[int, _PendingRead] = {}
-        self._waiting: list[tuple[int, int, _PendingRead]] = []  # (read index, ctx, read)
+        self._reads: dict[tuple[int, int], _PendingRead] = {}
+        self._waiting: list[tuple[int, tuple[int, int], _PendingRead]] = []  # (read index, ctx, read)
+        # read contexts are unique across restarts, so a late answer to a read of an earlier
+        # incarnation of this node can never complete a new read
+        self._boot = rng.getrandbits(63)
         self._next_ctx = 1
 
     @property
@@ -84,6 +88,18 @@ class Replica:
                 expired.append(ctx)
         for ctx in expired:
             self._fail_read(self._reads.pop(ctx), RaftTimeoutError("no read index from the leader in time"))
+        if self._waiting:
+            # a read index is known, but this node is not applying fast enough: give up in time
+            keep = []
+            for item in self._waiting:
+                item[2].ticks_left -= 1
+                if item[2].ticks_left > -self.config.election_ticks:
+                    keep.append(item)
+                else:
+                    self._fail_read(item[2], RaftTimeoutError("this node did not reach the read index in time"))
+            if len(keep) != len(self._waiting):
+                heapq.heapify(keep)
+                self._waiting = keep
 
     def step(self, message: Message) -> None:
         self.core.step(message)
@@ -137,7 +153,7 @@ class Replica:
             raise NotLeaderError(0)
         if mode not in READ_MODES:
             raise ValueError(f"read mode must be one of {READ_MODES}, got {mode!r}")
-        ctx = self._next_ctx
+        ctx = (self._boot, self._next_ctx)
         self._next_ctx += 1
         self._reads[ctx] = _PendingRead(queries, callback, 2 * self.config.election_ticks)
         self.core.read_index(ctx)
@@ -218,7 +234,7 @@ class Replica:
         c = self.core
         return {
             "node": c.id,
-            "role": "recovering" if c.recovering else c.role.name.lower(),
+            "role": "non-voter" if c.lost_state else c.role.name.lower(),
             "term": c.term,
             "leader": c.lead,
             "commit_index": c.log.commit,

@@ -73,8 +73,8 @@ class Faults:
     crash_every: int | None = 900
     #: how long a crashed node stays down, at most
     max_downtime: int = 400
-    #: chance that a crash also destroys the node's storage (it then rejoins as "recovering");
-    #: one node at a time, as losing a majority's storage may lose committed data for good
+    #: chance that a crash also destroys the node's storage (it then rejoins as a non-voter);
+    #: never so many that fewer than a majority of voters remain
     lose_storage: float = 0.0
     #: chance that a crash picks a leader rather than any node
     target_leader: float = 0.5
@@ -165,7 +165,7 @@ class Simulator:
         self._seq = 0
         self.storages = {i: MemoryStorage() for i in self.ids}
         self.nodes: dict[int, Replica | None] = {}
-        self.groups: dict[int, int] = {i: 0 for i in self.ids}  # partition group of each node
+        self.cut: set[tuple[int, int]] = set()  # (from, to) links that carry nothing
         self.clients = [_Client(1000 + c) for c in range(num_clients)]
         self.history: list[Operation] = []
         self.violations: list[str] = []
@@ -207,7 +207,7 @@ class Simulator:
         # heal: no more faults or new client operations, restart everything, let it converge
         self.faults_on = False
         self.clients_on = False
-        self.groups = {i: 0 for i in self.ids}
+        self.cut = set()
         for i in self.ids:
             if self.nodes[i] is None:
                 self._start_node(i)
@@ -254,11 +254,12 @@ class Simulator:
             node.fail_all(NotLeaderError(0, "node crashed"))
             self.nodes[i] = None
             self.stats["crashes"] += 1
-            recovering = any(st.hard_state.recovering for st in self.storages.values())
-            if self.rng.random() < self.faults.lose_storage and not recovering:
+            # a node that lost its storage never votes again: keep enough voters for liveness
+            lost = sum(st.hard_state.lost_state for st in self.storages.values())
+            if self.rng.random() < self.faults.lose_storage and lost + 1 <= len(self.ids) - (len(self.ids) // 2 + 1):
                 # the disk is gone: the node comes back empty, marked as having lost its state
                 self.storages[i] = MemoryStorage()
-                self.storages[i].set_hard_state(HardState(recovering=True))
+                self.storages[i].set_hard_state(HardState(lost_state=True))
             self._at(1 + self.rng.randrange(self.faults.max_downtime), lambda: self._restart(i))
         self._at(self._exp(self.faults.crash_every or 1), self._crash_someone)
 
@@ -270,13 +271,19 @@ class Simulator:
         if not self.faults_on:
             return
         self.stats["partitions"] += 1
-        if self.rng.random() < 0.35:
-            self.groups = {i: 0 for i in self.ids}
-        else:
+        r = self.rng.random()
+        links = [(a, b) for a in self.ids for b in self.ids if a != b]
+        if r < 0.35 or not links:
+            self.cut = set()
+        elif r < 0.8:
+            # two sides that cannot talk to each other
             ids = self.ids[:]
             self.rng.shuffle(ids)
-            cut = 1 + self.rng.randrange(len(ids) - 1) if len(ids) > 1 else 1
-            self.groups = {i: (0 if k < cut else 1) for k, i in enumerate(ids)}
+            side = set(ids[: 1 + self.rng.randrange(len(ids) - 1)])
+            self.cut = {(a, b) for a, b in links if (a in side) != (b in side)}
+        else:
+            # one-way and partial failures: some links carry messages in one direction only
+            self.cut = {link for link in links if self.rng.random() < 0.3}
         self._at(self._exp(self.faults.partition_every or 1), self._repartition)
 
     # ------------------------------------------------------------------ network
@@ -291,7 +298,7 @@ class Simulator:
 
     def _send(self, m: Message) -> None:
         self.stats["messages"] += 1
-        if self.groups[m.frm] != self.groups[m.to] or self._lost():
+        if (m.frm, m.to) in self.cut or self._lost():
             self.stats["dropped"] += 1
             return
         copies = 2 if self.faults_on and self.rng.random() < self.faults.duplicate else 1
@@ -300,7 +307,7 @@ class Simulator:
 
     def _deliver(self, m: Message) -> None:
         node = self.nodes[m.to]
-        if node is None or self.groups[m.frm] != self.groups[m.to]:
+        if node is None or (m.frm, m.to) in self.cut:
             return
         node.step(m)
         self._flush(node)
@@ -427,18 +434,19 @@ class Simulator:
                 agree = next((k for k in range(last, 0, -1) if la.term(k) == lb.term(k)), 0)
                 if la.slice(1, agree + 1) != lb.slice(1, agree + 1):
                     self._violation(f"log matching: nodes {a} and {b} agree on the term at {agree} but differ before it")
+        leaders = [i for i, n in up.items() if n.core.role == Role.LEADER]
+        if not leaders:
+            self._violation("liveness: no leader after healing every fault")
+            return
+        final = up[leaders[0]].core.log
         present = set()
-        for e in self.committed.values():
+        for e in final.slice(1, final.commit + 1):
             if e.kind == EntryKind.NORMAL:
                 req = decode_request(e.command)
                 present.add((req.client_id, req.seq))
         for key in self._acked:
             if key not in present:
-                self._violation(f"acknowledged write {key} is not in the committed log")
-        leaders = [i for i, n in up.items() if n.core.role == Role.LEADER]
-        if not leaders:
-            self._violation("liveness: no leader after healing every fault")
-            return
+                self._violation(f"acknowledged write {key} is not in the final committed log")
         applied = {n.applier.applied_index for n in up.values()}
         states = {n.applier.sm.snapshot() for n in up.values() if hasattr(n.applier.sm, "snapshot")}
         if len(applied) != 1 or len(states) > 1:

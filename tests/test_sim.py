@@ -28,7 +28,12 @@ def _scenario(seed: int) -> dict:
     faults = {"default": Faults(), "chaos": Faults.chaos(), "lossy-storage": Faults(lose_storage=0.4)}[profile]
     return {
         "num_nodes": rng.choice([1, 3, 3, 5]) if profile != "lossy-storage" else rng.choice([3, 5]),
-        "config": RaftConfig(pre_vote=rng.random() < 0.7, check_quorum=rng.random() < 0.7),
+        "config": RaftConfig(
+            pre_vote=rng.random() < 0.7,
+            check_quorum=rng.random() < 0.7,
+            max_entries_per_message=rng.choice([1, 3, 2048]),
+            max_inflight=rng.choice([1, 4, 32]),
+        ),
         "faults": faults,
         "num_clients": rng.choice([2, 3, 5]),
     }

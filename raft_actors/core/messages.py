@@ -32,14 +32,15 @@ class Entry(NamedTuple):
 class HardState(NamedTuple):
     """The state a node must persist before it sends or acknowledges anything.
 
-    ``recovering`` marks a node that lost its storage and has not yet safely rejoined; it is
-    persisted so that a crash during recovery does not make the node forget it.
+    ``lost_state`` marks a node that once lost its storage: it has forgotten votes and
+    acknowledged entries, so it may never again vote or count toward a quorum (until a
+    membership change re-adds it as a new member). The mark is persisted like the term.
     """
 
     term: int = 0
     vote: int = NONE
     commit: int = 0
-    recovering: bool = False
+    lost_state: bool = False
 
 
 class MsgType(IntEnum):
@@ -56,8 +57,6 @@ class MsgType(IntEnum):
     READ_INDEX = 9
     READ_INDEX_RESP = 10
     TIMEOUT_NOW = 11
-    TERM_PROBE = 12
-    TERM_PROBE_RESP = 13
 
 
 @dataclass(slots=True)
@@ -76,7 +75,8 @@ class Message:
       ``context`` carries a ReadIndex round id, echoed in ``HEARTBEAT_RESP``.
     - ``READ_INDEX``/``READ_INDEX_RESP``: a follower asks the leader for a read index on behalf
       of a read request ``context``; the answer carries ``index`` (or ``reject``).
-    - ``TERM_PROBE``/``TERM_PROBE_RESP``: a node that lost its storage asks peers for their term.
+    - ``APPEND_RESP``/``HEARTBEAT_RESP`` from a node that lost its storage carry
+      ``context == LOST_STATE``: the leader replicates to it but never counts it in a quorum.
     """
 
     type: MsgType

@@ -17,7 +17,7 @@ class Progress:
     in ``REPLICATE`` it streams appends, at most ``max_inflight`` unacknowledged messages at a time.
     """
 
-    __slots__ = ("inflight", "match", "max_inflight", "next", "probe_sent", "recent_active", "state")
+    __slots__ = ("inflight", "lost", "match", "max_inflight", "next", "probe_sent", "recent_active", "state")
 
     def __init__(self, next_index: int, max_inflight: int):
         self.match = 0
@@ -27,6 +27,7 @@ class Progress:
         self.inflight: list[int] = []  # last index of each unacknowledged append, ascending
         self.max_inflight = max_inflight
         self.recent_active = False
+        self.lost = False  # the follower lost its storage once: never counted in a quorum
 
     def become_probe(self) -> None:
         self.state = ProgressState.PROBE

@@ -21,8 +21,8 @@ from .progress import Progress, ProgressState
 
 #: ``Message.context`` of a vote request sent because of a leadership transfer.
 TRANSFER = "transfer"
-#: ``Message.context`` of an append rejection from a node that lost its storage.
-LOST_LOG = "lost-log"
+#: ``Message.context`` of every append/heartbeat response from a node that lost its storage.
+LOST_STATE = "lost-state"
 
 
 _NO_STATE = HardState()
@@ -68,10 +68,11 @@ class RaftCore:
         rng: the source of randomized election timeouts (seed it for a replayable run).
         hard_state: term, vote and commit restored from storage.
         entries: the log restored from storage, starting at index 1.
-        recovering: this node lost its storage (it had state before). It will neither vote nor
-            campaign until it has learnt, from a quorum of peers, a term at least as high as any
-            it could have voted in, and has been caught up by a leader of such a term. The mark
-            is kept in the hard state until then (``hard_state.recovering`` also sets it).
+        lost_state: this node had state before and lost it (its storage died). It may have
+            forgotten a vote or an entry it acknowledged, so from now on it never votes, never
+            campaigns and is never counted in a quorum (commit, check-quorum, ReadIndex): it only
+            follows the log, as a non-voting replica, until a membership change re-adds it.
+            The mark is persisted in the hard state (``hard_state.lost_state`` also sets it).
     """
 
     def __init__(
@@ -82,7 +83,7 @@ class RaftCore:
         rng: random.Random,
         hard_state: HardState = _NO_STATE,
         entries: Sequence[Entry] = (),
-        recovering: bool = False,
+        lost_state: bool = False,
     ):
         if node_id <= 0:
             raise ValueError("node ids are positive integers")
@@ -112,13 +113,9 @@ class RaftCore:
         self._bcast_pending = False
         self._soft_changed = True
         self._persisted_hs = hard_state
-        self.recovering = recovering or hard_state.recovering
-        self._probe_terms: dict[int, int] = {}
-        self._recover_min_term: int | None = None
-        self._probe_elapsed = 0
+        self.lost_state = lost_state or hard_state.lost_state
+        self._verified = 0  # last index known to match the current leader's log (this term)
         self._reset_randomized_timeout()
-        if self.recovering:
-            self._send_term_probes()
 
     # ------------------------------------------------------------------ queries
     @property
@@ -127,13 +124,13 @@ class RaftCore:
 
     @property
     def hard_state(self) -> HardState:
-        return HardState(self.term, self.vote, self.log.commit, self.recovering)
+        return HardState(self.term, self.vote, self.log.commit, self.lost_state)
 
     def is_leader(self) -> bool:
         return self.role == Role.LEADER
 
     def _promotable(self) -> bool:
-        return self.id in self.voters and not self.recovering
+        return self.id in self.voters and not self.lost_state
 
     # ------------------------------------------------------------------ inputs
     def tick(self) -> None:
@@ -190,12 +187,6 @@ class RaftCore:
 
     def step(self, m: Message) -> None:
         """Handle one message from a peer."""
-        if m.type == MsgType.TERM_PROBE:
-            self._on_term_probe(m)
-            return
-        if m.type == MsgType.TERM_PROBE_RESP:
-            self._on_term_probe_resp(m)
-            return
         if m.term > self.term:
             if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
                 in_lease = self.cfg.check_quorum and self.lead != NONE and self.election_elapsed < self.cfg.election_ticks
@@ -276,6 +267,7 @@ class RaftCore:
         self.votes = {}
         self.progress = {}
         self.lead_transferee = NONE
+        self._verified = 0
         self._abort_reads()
         self._soft_changed = True
 
@@ -323,11 +315,6 @@ class RaftCore:
     # ------------------------------------------------------------------ elections
     def _tick_election(self) -> None:
         self.election_elapsed += 1
-        if self.recovering:
-            self._probe_elapsed += 1
-            if self._recover_min_term is None and self._probe_elapsed >= self.cfg.election_ticks:
-                self._send_term_probes()
-            return
         if self._promotable() and self.election_elapsed >= self.randomized_timeout:
             self.election_elapsed = 0
             self._campaign(pre=self.cfg.pre_vote)
@@ -368,7 +355,7 @@ class RaftCore:
         )
         if (
             can_vote
-            and not self.recovering
+            and not self.lost_state
             and m.frm in self.voters
             and self.log.is_up_to_date(m.index, m.log_term)
         ):
@@ -405,9 +392,15 @@ class RaftCore:
         elif t == MsgType.HEARTBEAT:
             self.election_elapsed = 0
             self.lead = m.frm
-            self.log.commit_to(min(m.commit, self.log.last_index()))
-            self._send(Message(MsgType.HEARTBEAT_RESP, m.frm, self.id, self.term, context=m.context))
-            self._maybe_finish_recovery()
+            if self.lost_state:
+                # the leader may not know yet that we lost our log: trust only what we verified
+                self.log.commit_to(min(m.commit, self._verified))
+                self._send(Message(MsgType.HEARTBEAT_RESP, m.frm, self.id, self.term, context=LOST_STATE))
+            else:
+                if m.commit > self.log.last_index():
+                    raise AssertionError(f"leader {m.frm} commits {m.commit} beyond our last index {self.log.last_index()}")
+                self.log.commit_to(m.commit)
+                self._send(Message(MsgType.HEARTBEAT_RESP, m.frm, self.id, self.term, context=m.context))
         elif t == MsgType.TIMEOUT_NOW:
             if self._promotable():
                 self._campaign(pre=False, transfer=True)
@@ -421,19 +414,20 @@ class RaftCore:
 
     def _on_append(self, m: Message) -> None:
         if m.index < self.log.commit:
-            self._send(Message(MsgType.APPEND_RESP, m.frm, self.id, self.term, index=self.log.commit))
+            self._send(Message(MsgType.APPEND_RESP, m.frm, self.id, self.term, index=self.log.commit,
+                               context=self._mark()))
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
-            self._send(Message(MsgType.APPEND_RESP, m.frm, self.id, self.term, index=last_new))
-            self._maybe_finish_recovery()
+            self._verified = max(self._verified, last_new)
+            self._send(Message(MsgType.APPEND_RESP, m.frm, self.id, self.term, index=last_new, context=self._mark()))
             return
         hint_index, hint_term = self.log.find_conflict_by_term(min(m.index, self.log.last_index()), m.log_term)
         self._send(
             Message(
                 MsgType.APPEND_RESP, m.frm, self.id, self.term,
                 log_term=hint_term, index=m.index, reject=True, reject_hint=hint_index,
-                context=LOST_LOG if self.recovering else None,
+                context=self._mark(),
             )
         )
 
@@ -463,11 +457,20 @@ class RaftCore:
             return
         if pr is None:
             return
-        if t == MsgType.APPEND_RESP:
+        if m.context == LOST_STATE and not pr.lost:
+            pr.lost = True  # its earlier acknowledgements are void: replicate from scratch
+            pr.match = 0
+            pr.become_probe()
+        if pr.lost:
+            if m.context != LOST_STATE:
+                return  # sent before it lost its state: void
+        else:
             pr.recent_active = True
+        if t == MsgType.APPEND_RESP:
             if m.reject:
-                if m.context == LOST_LOG and m.index <= pr.match:
-                    pr.match = 0  # the follower lost its log since it acknowledged: start over
+                if pr.lost and m.index <= pr.match:
+                    # a node that lost its state may lose it again: its word beats our count
+                    pr.match = 0
                     pr.become_probe()
                 next_probe = m.reject_hint
                 if m.log_term > 0:
@@ -477,7 +480,10 @@ class RaftCore:
                 return
             was_paused = pr.is_paused()
             if not pr.maybe_update(m.index):
-                if was_paused and not pr.is_paused():
+                if pr.state == ProgressState.PROBE and m.index == pr.match:
+                    pr.become_replicate()  # the probe found the follower already up to date
+                    self._send_append(m.frm, send_if_empty=False)
+                elif was_paused and not pr.is_paused():
                     self._send_append(m.frm, send_if_empty=False)
                 return
             if pr.state == ProgressState.PROBE:
@@ -489,7 +495,6 @@ class RaftCore:
             if m.frm == self.lead_transferee and pr.match == self.log.last_index():
                 self._send(Message(MsgType.TIMEOUT_NOW, m.frm, self.id, self.term))
         elif t == MsgType.HEARTBEAT_RESP:
-            pr.recent_active = True
             pr.probe_sent = False
             if pr.state == ProgressState.REPLICATE and pr.is_paused():
                 # a lost append must not stall the pipeline for good: free a slot, so the next
@@ -497,7 +502,7 @@ class RaftCore:
                 pr.inflight.pop(0)
             if pr.match < self.log.last_index():
                 self._send_append(m.frm)
-            if m.context is not None:
+            if m.context is not None and not pr.lost:
                 self._on_read_ack(m.frm, m.context)
 
     def _send_append(self, to: int, send_if_empty: bool = True) -> bool:
@@ -528,7 +533,8 @@ class RaftCore:
                 self._send(Message(MsgType.HEARTBEAT, v, self.id, self.term, commit=commit, context=context))
 
     def _maybe_commit(self) -> bool:
-        matches = sorted((self.progress[v].match for v in self.voters), reverse=True)
+        # a node that lost its state counts as holding nothing: it may forget again
+        matches = sorted((0 if (pr := self.progress[v]).lost else pr.match for v in self.voters), reverse=True)
         mci = matches[self.quorum - 1]
         # Raft §5.4.2: only an entry of the current term is committed by counting replicas
         if mci > self.log.commit and self.log.term(mci) == self.term:
@@ -589,40 +595,9 @@ class RaftCore:
         self.read_rounds.clear()
         self.deferred_reads = []
 
-    # ------------------------------------------------------------------ lost-storage recovery
-    def _send_term_probes(self) -> None:
-        self._probe_elapsed = 0
-        for v in self.voters:
-            if v != self.id:
-                self._send(Message(MsgType.TERM_PROBE, v, self.id, self.term))
-
-    def _on_term_probe(self, m: Message) -> None:
-        if self.role == Role.LEADER and m.frm in self.progress:
-            pr = self.progress[m.frm]  # the prober lost its log: replicate from scratch
-            pr.match = 0
-            pr.become_probe()
-        self._send(Message(MsgType.TERM_PROBE_RESP, m.frm, self.id, self.term))
-
-    def _on_term_probe_resp(self, m: Message) -> None:
-        if not self.recovering or self._recover_min_term is not None or m.frm not in self.voters:
-            return
-        self._probe_terms[m.frm] = m.term
-        if len(self._probe_terms) >= self.quorum:
-            # any term this node voted in before losing its state was won, if at all, with a
-            # quorum that overlaps the one that answered: no grant is repeated below this term
-            self._recover_min_term = max(self._probe_terms.values())
-            if self._recover_min_term > self.term:
-                self._become_follower(self._recover_min_term, NONE)
-
-    def _maybe_finish_recovery(self) -> None:
-        if not self.recovering or self._recover_min_term is None or self.term < self._recover_min_term:
-            return
-        if self.lead != NONE and self.log.last_term() == self.term:
-            # Entries of this term come only from its leader, so by log matching we hold that
-            # leader's log up to them: everything it had when elected, every committed entry.
-            self.recovering = False
-            self._soft_changed = True
-
     # ------------------------------------------------------------------ plumbing
+    def _mark(self) -> str | None:
+        return LOST_STATE if self.lost_state else None
+
     def _send(self, m: Message) -> None:
         self._msgs.append(m)
