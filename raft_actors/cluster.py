@@ -238,13 +238,15 @@ class RaftCluster:
 
     def heal(self) -> None:
         """Remove every partition and injected fault."""
-        ray.get([h.set_faults.remote(blocked=[], drop_rate=0.0, delay=0.0)
+        ray.get([h.set_faults.remote(blocked=[], drop_rate=0.0, delay=0.0, duplicate_rate=0.0)
                  for i, h in self._nodes.items() if i not in self._dead])
 
-    def inject(self, node_id: int, drop_rate: float | None = None, delay: float | None = None) -> None:
-        """Make a node drop a share of its outgoing messages and/or delay them (seconds)."""
+    def inject(self, node_id: int, drop_rate: float | None = None, delay: float | None = None,
+               duplicate_rate: float | None = None) -> None:
+        """Make a node drop, duplicate, or delay (by up to ``delay`` seconds, so they also
+        reorder) a share of its outgoing messages."""
         self._check(node_id)
-        ray.get(self._nodes[node_id].set_faults.remote(drop_rate=drop_rate, delay=delay))
+        ray.get(self._nodes[node_id].set_faults.remote(drop_rate=drop_rate, delay=delay, duplicate_rate=duplicate_rate))
 
     def transfer_leadership(self, to: int, timeout: float = 10.0) -> float:
         """Hand leadership to node ``to``; returns the seconds it took."""

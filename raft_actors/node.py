@@ -147,12 +147,15 @@ class RaftNode:
         st["blocked"] = sorted(self.transport.blocked)
         return st
 
-    async def set_faults(self, blocked: list[int] | None = None, drop_rate: float | None = None, delay: float | None = None) -> None:
-        """Fault injection: cut this node off from ``blocked`` peers, drop or delay messages."""
+    async def set_faults(self, blocked: list[int] | None = None, drop_rate: float | None = None,
+                         delay: float | None = None, duplicate_rate: float | None = None) -> None:
+        """Fault injection: cut this node off from ``blocked`` peers; drop, delay, duplicate messages."""
         if blocked is not None:
             self.transport.block(set(blocked))
         if drop_rate is not None:
             self.transport.drop_rate = drop_rate
+        if duplicate_rate is not None:
+            self.transport.duplicate_rate = duplicate_rate
         if delay is not None:
             self.transport.delay = delay
 

@@ -31,7 +31,8 @@ class Transport:
 
     Fault injection for tests and benchmarks: :meth:`block` cuts this node off from some peers
     (both directions, with :meth:`allows` on the receiving side), ``drop_rate`` loses messages
-    at random and ``delay`` holds each call back by that many seconds.
+    at random, ``duplicate_rate`` sends some twice, and ``delay`` holds each call back by up to
+    that many seconds (a random share of it, so calls also overtake each other).
     """
 
     def __init__(self, node_id: int, resolve: Callable[[int], Any] | None = None, max_calls: int = 4,
@@ -42,6 +43,7 @@ class Transport:
         self._resolved_at: dict[int, float] = {}
         self.blocked: set[int] = set()
         self.drop_rate = 0.0
+        self.duplicate_rate = 0.0
         self.delay = 0.0
         self.max_calls = max_calls
         self.max_queue = max_queue
@@ -70,6 +72,8 @@ class Transport:
             if len(q) >= self.max_queue:
                 del q[: len(q) // 2]  # a peer that is gone must not eat all memory
             q.append(m)
+            if self.duplicate_rate and self._rng.random() < self.duplicate_rate:
+                q.append(m)
         for peer, q in self._queues.items():
             if q and self._in_flight.get(peer, 0) < self.max_calls:
                 self._launch(peer)
@@ -99,7 +103,7 @@ class Transport:
     async def _call(self, peer: int, handle: Any, batch: list[Message]) -> None:
         try:
             if self.delay:
-                await asyncio.sleep(self.delay)
+                await asyncio.sleep(self.delay * self._rng.random())
             self.sent_calls += 1
             await handle.receive.remote(self.node_id, dumps(batch))
         except ray.exceptions.ActorDiedError:

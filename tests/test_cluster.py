@@ -301,3 +301,35 @@ def test_single_node_cluster(cluster_factory) -> None:
     client = cluster.client()
     client.submit(put("solo", True))
     assert client.query(get("solo")) is True
+
+
+def test_lossy_duplicating_reordering_network_stays_linearizable(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3)
+    for i in cluster.node_ids:
+        cluster.inject(i, drop_rate=0.15, delay=0.02, duplicate_rate=0.2)
+    history: list[Operation] = []
+    lock = threading.Lock()
+    t0 = time.monotonic()
+
+    def worker(w: int) -> None:
+        client = cluster.client()
+        for n in range(15):
+            key = f"k{n % 2}"
+            call = time.monotonic() - t0
+            if n % 3 == 2:
+                op, out = get(key), client.query(get(key), consistency="follower" if w % 2 else "linearizable")
+            else:
+                op = cas(key, f"{w}.{n - 1}", f"{w}.{n}") if n % 3 == 1 else put(key, f"{w}.{n}")
+                out = client.submit(op)
+            with lock:
+                history.append(Operation(w, op, call, time.monotonic() - t0, out))
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result = check(history, kv_model())
+    assert result.ok, result.describe()
+    cluster.heal()
+    wait_until(lambda: cluster.status()["applied_index"].nunique() == 1, what="convergence")
