@@ -78,7 +78,7 @@ class Progress:
             self.next = max(self.match + 1, min(rejected, next_probe + 1))
             return True
         if self.next - 1 != rejected or rejected <= self.match:
-            return False  # stale (or the follower lost its log: it will say so by a term probe)
+            return False  # stale (a follower that lost its log says so: see RaftCore._step_leader)
         self.next = max(self.match + 1, min(rejected, next_probe + 1))
         self.probe_sent = False
         return True
