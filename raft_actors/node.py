@@ -18,7 +18,7 @@ import ray
 
 from .config import RaftConfig
 from .core import NotLeader
-from .envelope import Outcome, loads
+from .envelope import Outcome, dumps, loads
 from .errors import NotLeaderError
 from .replica import Replica
 from .storage import MemoryStorage
@@ -50,7 +50,7 @@ class RaftNode:
         self.node_id = node_id
         self.config = config
         self.cluster_name = cluster_name
-        self.transport = Transport(node_id, self._lookup_peer)
+        self.transport = Transport(node_id, self._lookup_peer, self._on_reply)
         self.replica = Replica(
             node_id, voters, config, MemoryStorage(), cloudpickle.loads(state_machine)(),
             random.Random(), lost_state=lost_state or reconstructed,
@@ -99,14 +99,35 @@ class RaftNode:
         """Give this node the handles of its peers (again after a peer is replaced)."""
         self.transport.set_peers(peers)
 
-    async def receive(self, sender: int, payload: bytes) -> None:
-        """Raft messages from a peer (one pickled batch)."""
+    async def receive(self, sender: int, payload: bytes) -> bytes | None:
+        """Raft messages from a peer (one pickled batch).
+
+        Handles them at once (persisting before anything is sent) and returns this node's
+        messages for ``sender`` as one pickled batch; others go out through the transport.
+        """
         if not self.transport.allows(sender):
-            return
+            return None
+        self._step_all(payload)
+        replies: list = []
+
+        def handle() -> None:
+            out = self.replica.process_ready()
+            replies.extend(m for m in out if m.to == sender)
+            self.transport.send([m for m in out if m.to != sender])
+
+        self._guard(handle)
+        replies = self.transport.faulty(replies)
+        return dumps(replies) if replies else None
+
+    def _on_reply(self, sender: int, payload: bytes) -> None:
+        if self.transport.allows(sender):
+            self._step_all(payload)
+            self._kick.set()
+
+    def _step_all(self, payload: bytes) -> None:
         step = self.replica.step
         for m in loads(payload):
             self._guard(lambda m=m: step(m))
-        self._kick.set()
 
     # ------------------------------------------------------------------ client RPC
     async def submit(self, payload: bytes) -> list[Outcome]:

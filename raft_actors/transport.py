@@ -26,7 +26,8 @@ class Transport:
     Messages for one peer queue up while earlier calls to it are in flight and leave together
     in the next call (one pickled ``bytes`` argument). At most ``max_calls`` calls per peer are
     in flight at once. Raft tolerates loss, duplication and reordering, so a failed call is
-    simply dropped. A peer without a handle (this actor was restarted, or the peer was
+    simply dropped. The peer answers with its messages for this node as the call's return value
+    (``on_reply``), which saves a Ray call per round trip. A peer without a handle (this actor was restarted, or the peer was
     replaced) is looked up through ``resolve`` (by actor name), at most every half second.
 
     Fault injection for tests and benchmarks: :meth:`block` cuts this node off from some peers
@@ -35,9 +36,10 @@ class Transport:
     that many seconds (a random share of it, so calls also overtake each other).
     """
 
-    def __init__(self, node_id: int, resolve: Callable[[int], Any] | None = None, max_calls: int = 4,
-                 max_queue: int = 10_000):
+    def __init__(self, node_id: int, resolve: Callable[[int], Any] | None = None,
+                 on_reply: Callable[[int, bytes], None] | None = None, max_calls: int = 4, max_queue: int = 10_000):
         self.node_id = node_id
+        self._on_reply = on_reply
         self.peers: dict[int, Any] = {}
         self._resolve = resolve
         self._resolved_at: dict[int, float] = {}
@@ -64,16 +66,25 @@ class Transport:
         """Whether a message from ``peer`` may be delivered (not cut off by a partition)."""
         return peer not in self.blocked
 
-    def send(self, messages: list[Message]) -> None:
+    def faulty(self, messages: list[Message]) -> list[Message]:
+        """``messages`` as the injected faults let them through: cut, dropped or duplicated."""
+        if not (self.blocked or self.drop_rate or self.duplicate_rate):
+            return messages
+        out = []
         for m in messages:
             if m.to in self.blocked or (self.drop_rate and self._rng.random() < self.drop_rate):
                 continue
+            out.append(m)
+            if self.duplicate_rate and self._rng.random() < self.duplicate_rate:
+                out.append(m)
+        return out
+
+    def send(self, messages: list[Message]) -> None:
+        for m in self.faulty(messages):
             q = self._queues.setdefault(m.to, [])
             if len(q) >= self.max_queue:
                 del q[: len(q) // 2]  # a peer that is gone must not eat all memory
             q.append(m)
-            if self.duplicate_rate and self._rng.random() < self.duplicate_rate:
-                q.append(m)
         for peer, q in self._queues.items():
             if q and self._in_flight.get(peer, 0) < self.max_calls:
                 self._launch(peer)
@@ -105,7 +116,9 @@ class Transport:
             if self.delay:
                 await asyncio.sleep(self.delay * self._rng.random())
             self.sent_calls += 1
-            await handle.receive.remote(self.node_id, dumps(batch))
+            reply = await handle.receive.remote(self.node_id, dumps(batch))
+            if reply is not None and self._on_reply is not None:
+                self._on_reply(peer, reply)
         except ray.exceptions.ActorDiedError:
             self.failed_calls += 1
             if self.peers.get(peer) is handle:
