@@ -122,32 +122,45 @@ def test_minority_partition_commits_nothing_and_its_entries_are_replaced(cluster
         wait_until(lambda n=node: client.query(get("lost"), consistency="stale") is None, what=f"node {node}")
 
 
-def test_concurrent_clients_are_linearizable(cluster_factory) -> None:
-    cluster = cluster_factory(num_nodes=3)
+def run_clients(cluster, workers: int, ops: int, make_op) -> list[Operation]:
+    """Run ``workers`` client threads of ``ops`` operations each; return the timed history.
+
+    ``make_op(w, n)`` gives ``(command, None)`` for a write or ``(query, consistency)`` for a read.
+    """
     history: list[Operation] = []
     lock = threading.Lock()
     t0 = time.monotonic()
 
     def worker(w: int) -> None:
         client = cluster.client()
-        for n in range(25):
-            key = f"k{n % 3}"
-            if n % 3 == 2:
-                op, call = get(key), time.monotonic() - t0
-                out = client.query(op, consistency="follower" if w % 2 else "linearizable")
-            else:
-                op, call = put(key, f"{w}.{n}"), time.monotonic() - t0
-                out = client.submit(op)
+        for n in range(ops):
+            op, consistency = make_op(w, n)
+            call = time.monotonic() - t0
+            out = client.submit(op) if consistency is None else client.query(op, consistency=consistency)
             with lock:
                 history.append(Operation(w, op, call, time.monotonic() - t0, out))
 
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(6)]
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return history
+
+
+def test_concurrent_clients_are_linearizable(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3)
+
+    def make_op(w: int, n: int):
+        key = f"k{n % 3}"
+        if n % 3 == 2:
+            return get(key), "follower" if w % 2 else "linearizable"
+        return put(key, f"{w}.{n}"), None
+
+    history = run_clients(cluster, workers=6, ops=25, make_op=make_op)
     assert len(history) == 150
-    assert check(history, kv_model()).ok
+    result = check(history, kv_model())
+    assert result.ok, result.describe()
 
 
 def test_many_async_calls_share_batches_and_all_apply(cluster_factory) -> None:
@@ -307,28 +320,14 @@ def test_lossy_duplicating_reordering_network_stays_linearizable(cluster_factory
     cluster = cluster_factory(num_nodes=3)
     for i in cluster.node_ids:
         cluster.inject(i, drop_rate=0.15, delay=0.02, duplicate_rate=0.2)
-    history: list[Operation] = []
-    lock = threading.Lock()
-    t0 = time.monotonic()
 
-    def worker(w: int) -> None:
-        client = cluster.client()
-        for n in range(15):
-            key = f"k{n % 2}"
-            call = time.monotonic() - t0
-            if n % 3 == 2:
-                op, out = get(key), client.query(get(key), consistency="follower" if w % 2 else "linearizable")
-            else:
-                op = cas(key, f"{w}.{n - 1}", f"{w}.{n}") if n % 3 == 1 else put(key, f"{w}.{n}")
-                out = client.submit(op)
-            with lock:
-                history.append(Operation(w, op, call, time.monotonic() - t0, out))
+    def make_op(w: int, n: int):
+        key = f"k{n % 2}"
+        if n % 3 == 2:
+            return get(key), "follower" if w % 2 else "linearizable"
+        return (cas(key, f"{w}.{n - 1}", f"{w}.{n}") if n % 3 == 1 else put(key, f"{w}.{n}")), None
 
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    history = run_clients(cluster, workers=4, ops=15, make_op=make_op)
     result = check(history, kv_model())
     assert result.ok, result.describe()
     cluster.heal()
