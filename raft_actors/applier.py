@@ -39,7 +39,7 @@ class Applier:
             return None
         try:
             req = decode_request(entry.command)
-        except Exception as exc:  # noqa: BLE001 - an undecodable command is its own result
+        except BaseException as exc:  # noqa: BLE001 - an undecodable command is its own result
             return Outcome(False, CommandError.from_exception(exc))
         session = self.sessions.get(req.client_id)
         if session is None:
@@ -51,7 +51,7 @@ class Applier:
             return done
         try:
             out = Outcome(True, self.sm.apply(req.command))
-        except Exception as exc:  # noqa: BLE001 - user code: its exception is the command's result
+        except BaseException as exc:  # noqa: BLE001 - user code (even sys.exit): a result, not a dead node
             out = Outcome(False, CommandError.from_exception(exc))
         session.results[req.seq] = out
         if req.ack > session.floor:
@@ -62,7 +62,7 @@ class Applier:
     def query(self, query: Any) -> Outcome:
         try:
             return Outcome(True, self.sm.query(query))
-        except Exception as exc:  # noqa: BLE001 - user code: its exception is the query's result
+        except BaseException as exc:  # noqa: BLE001 - user code (even sys.exit): a result, not a dead node
             return Outcome(False, CommandError.from_exception(exc))
 
     def validate(self, command: Any) -> None:
@@ -72,5 +72,5 @@ class Applier:
             return
         try:
             check(command)
-        except Exception as exc:
+        except BaseException as exc:
             raise CommandRejectedError(f"{type(exc).__name__}: {exc}") from exc

@@ -8,22 +8,26 @@ coalesces concurrent calls into one Ray call. Each client is a session: writes c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future as ConcurrentFuture
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any, Self
 
 import ray
 
 from .config import RaftConfig
-from .envelope import Outcome, dumps, encode_request
+from .envelope import dumps, encode_query, encode_request, loads
 from .errors import (
     ClusterUnavailableError,
     LeadershipLostError,
     NotLeaderError,
+    RaftError,
     RaftTimeoutError,
     UnknownOutcomeError,
 )
@@ -35,13 +39,32 @@ _BACKOFF_START, _BACKOFF_MAX = 0.01, 0.5
 
 
 class _Pending:
-    __slots__ = ("deadline", "future", "maybe_applied", "payload")
+    """One call waiting for its outcome; its own timer enforces its deadline."""
 
-    def __init__(self, payload: Any, future: asyncio.Future, deadline: float):
+    __slots__ = ("deadline", "future", "in_flight", "is_write", "maybe_applied", "payload", "timer")
+
+    def __init__(self, payload: Any, future: asyncio.Future, deadline: float, is_write: bool):
         self.payload = payload
         self.future = future
         self.deadline = deadline
-        self.maybe_applied = False
+        self.is_write = is_write
+        self.maybe_applied = False  # an earlier attempt may have reached a leader
+        self.in_flight = False  # an attempt is under way now
+        self.timer: asyncio.TimerHandle | None = None
+
+    def resolve(self, value: Any) -> None:
+        if not self.future.done():
+            self.future.set_result(value)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+    def expire(self) -> None:
+        if self.is_write and (self.maybe_applied or self.in_flight):
+            self.fail(UnknownOutcomeError("deadline passed; the write may or may not have been applied"))
+        else:
+            self.fail(RaftTimeoutError("deadline passed before the cluster answered"))
 
 
 class AsyncRaftClient:
@@ -49,13 +72,16 @@ class AsyncRaftClient:
 
     Get one from :meth:`RaftCluster.async_client <raft_actors.cluster.RaftCluster.async_client>`.
     Use it from one event loop. Concurrent :meth:`submit` / :meth:`query` calls made in the
-    same loop iteration travel to the cluster in one Ray call.
+    same loop iteration travel to the cluster in one Ray call. Every call ends by its deadline:
+    with its result or a :class:`~raft_actors.errors.RaftError`.
     """
 
-    def __init__(self, nodes: Callable[[], Mapping[int, Any]], config: RaftConfig, is_closed: Callable[[], bool] = lambda: False):
+    def __init__(self, nodes: Callable[[], Mapping[int, Any]], config: RaftConfig,
+                 is_closed: Callable[[], bool] = lambda: False):
         self._nodes = nodes
         self._config = config
-        self._is_closed = is_closed
+        self._cluster_closed = is_closed
+        self._closed = False
         self.client_id = random.getrandbits(62)
         self._seq = itertools.count(1)
         self._outstanding: set[int] = set()
@@ -63,6 +89,7 @@ class AsyncRaftClient:
         self._rr = itertools.count()
         self._writes: list[_Pending] = []
         self._reads: dict[str, list[_Pending]] = {m: [] for m in READ_MODES}
+        self._pending: set[_Pending] = set()
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
 
@@ -79,7 +106,8 @@ class AsyncRaftClient:
         command: nothing was written), :class:`~raft_actors.errors.CommandError` (the state
         machine raised: the command is committed and this is its result),
         :class:`~raft_actors.errors.UnknownOutcomeError` (deadline passed, the write may or may
-        not have been applied), :class:`~raft_actors.errors.ClusterUnavailableError`.
+        not have been applied), :class:`~raft_actors.errors.RaftTimeoutError` (deadline passed
+        before the write could reach a leader), :class:`~raft_actors.errors.ClusterUnavailableError`.
         """
         self._check_open()
         seq = next(self._seq)
@@ -87,7 +115,7 @@ class AsyncRaftClient:
         payload = encode_request(self.client_id, seq, ack, command)  # raises CommandRejectedError
         self._outstanding.add(seq)
         try:
-            return await self._enqueue(self._writes, payload, timeout)
+            return await self._enqueue(self._writes, payload, timeout, is_write=True)
         finally:
             self._outstanding.discard(seq)
 
@@ -107,17 +135,35 @@ class AsyncRaftClient:
         self._check_open()
         if consistency not in READ_MODES:
             raise ValueError(f"consistency must be one of {READ_MODES}, got {consistency!r}")
-        return await self._enqueue(self._reads[consistency], query, timeout)
+        payload = encode_query(query)  # raises CommandRejectedError
+        return await self._enqueue(self._reads[consistency], payload, timeout, is_write=False)
+
+    async def aclose(self) -> None:
+        """Fail every pending call with :class:`ClusterUnavailableError` and stop this client."""
+        self._closed = True
+        self._fail_pending(ClusterUnavailableError("the client was closed"))
+        for task in list(self._tasks):
+            task.cancel()
 
     # ------------------------------------------------------------------ batching
-    async def _enqueue(self, queue: list[_Pending], payload: Any, timeout: float | None) -> Any:
+    async def _enqueue(self, queue: list[_Pending], payload: bytes, timeout: float | None, is_write: bool) -> Any:
+        if timeout is None:
+            timeout = self._config.request_timeout
+        elif timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        queue.append(_Pending(payload, fut, time.monotonic() + (timeout or self._config.request_timeout)))
+        it = _Pending(payload, loop.create_future(), time.monotonic() + timeout, is_write)
+        it.timer = loop.call_later(timeout, it.expire)
+        self._pending.add(it)
+        queue.append(it)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        return await fut
+        try:
+            return await it.future
+        finally:
+            it.timer.cancel()
+            self._pending.discard(it)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -137,29 +183,51 @@ class AsyncRaftClient:
 
     # ------------------------------------------------------------------ retry loop
     async def _run(self, items: list[_Pending], mode: str | None) -> None:
+        try:
+            await self._attempts(items, mode)
+        except asyncio.CancelledError:
+            self._fail(items, ClusterUnavailableError("the client was closed"))
+            raise
+        except Exception as exc:  # noqa: BLE001 - no call may be left hanging
+            self._fail(items, RaftError(f"internal client error: {type(exc).__name__}: {exc}"))
+
+    async def _attempts(self, items: list[_Pending], mode: str | None) -> None:
         backoff = _BACKOFF_START
         dead: set[int] = set()
-        while items:
-            now = time.monotonic()
-            items = [it for it in items if not it.future.done() and not self._expire(it, now)]
+        while True:
+            items = [it for it in items if not it.future.done()]
             if not items:
                 return
-            if self._is_closed():
-                self._fail_all(items, ClusterUnavailableError("the cluster has been shut down"))
+            if self._closed or self._cluster_closed():
+                self._fail(items, ClusterUnavailableError("the cluster has been shut down"))
                 return
             nodes = self._nodes()
-            if nodes and dead >= set(nodes):
-                self._fail_all(items, ClusterUnavailableError(f"every node of the cluster is dead: {sorted(nodes)}"))
+            if not nodes or dead >= set(nodes):
+                self._fail(items, ClusterUnavailableError(f"every node of the cluster is dead: {sorted(nodes)}"))
                 return
             target = self._pick(nodes, mode, dead)
+            now = time.monotonic()
             budget = min(_ATTEMPT_TIMEOUT, max(it.deadline for it in items) - now)
+            if budget <= 0:
+                for it in items:
+                    it.expire()  # before their timers get to run
+                return
+            for it in items:
+                it.in_flight = True
             try:
-                outcomes = await asyncio.wait_for(self._call(nodes[target], items, mode), budget)
+                outcomes = loads(await asyncio.wait_for(self._call(nodes[target], items, mode), budget))
+            except ray.exceptions.RayTaskError as exc:
+                # the node's method itself failed: deterministic, so do not retry
+                for it in items:
+                    text = f"node {target} failed to handle the call: {exc}"
+                    it.fail(UnknownOutcomeError(text) if it.is_write else RaftError(text))
+                return
             except (TimeoutError, ray.exceptions.RayError) as exc:
+                for it in items:
+                    it.in_flight = False
+                    it.maybe_applied = True  # no answer: the write may have reached a leader
                 if isinstance(exc, ray.exceptions.ActorDiedError):
                     dead.add(target)
-                for it in items:
-                    it.maybe_applied = mode is None  # the write may have reached a leader
                 self._leader = 0
                 await asyncio.sleep(backoff * random.random())
                 backoff = min(backoff * 2, _BACKOFF_MAX)
@@ -167,15 +235,16 @@ class AsyncRaftClient:
             dead.discard(target)
             retry, hint = [], 0
             for it, out in zip(items, outcomes):
+                it.in_flight = False
                 if out.ok:
-                    it.future.set_result(out.value)
-                elif isinstance(out.value, (NotLeaderError, RaftTimeoutError)):
-                    if isinstance(out.value, (LeadershipLostError, RaftTimeoutError)):
-                        it.maybe_applied = it.maybe_applied or mode is None
+                    it.resolve(out.value)
+                elif isinstance(out.value, NotLeaderError | RaftTimeoutError):
+                    # a plain NotLeaderError was refused before proposing; these two were not
+                    it.maybe_applied |= isinstance(out.value, LeadershipLostError | RaftTimeoutError)
                     hint = getattr(out.value, "leader_hint", 0) or hint
                     retry.append(it)
                 else:
-                    it.future.set_exception(out.value)
+                    it.fail(out.value)
             if retry:
                 if mode in (None, LINEARIZABLE):
                     self._leader = hint if hint in nodes and hint != target else 0
@@ -199,30 +268,24 @@ class AsyncRaftClient:
         return alive[next(self._rr) % len(alive)]
 
     @staticmethod
-    async def _call(handle: Any, items: list[_Pending], mode: str | None) -> list[Outcome]:
+    async def _call(handle: Any, items: list[_Pending], mode: str | None) -> bytes:
         payload = dumps([it.payload for it in items])
         if mode is None:
             return await handle.submit.remote(payload)
         return await handle.read.remote(payload, mode)
 
     @staticmethod
-    def _expire(it: _Pending, now: float) -> bool:
-        if now < it.deadline:
-            return False
-        if it.maybe_applied:
-            it.future.set_exception(UnknownOutcomeError("deadline passed; the write may or may not have been applied"))
-        else:
-            it.future.set_exception(RaftTimeoutError("deadline passed before the cluster answered"))
-        return True
-
-    @staticmethod
-    def _fail_all(items: list[_Pending], exc: Exception) -> None:
+    def _fail(items: list[_Pending], exc: Exception) -> None:
         for it in items:
-            if not it.future.done():
-                it.future.set_exception(exc)
+            it.fail(exc)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        self._fail(list(self._pending), exc)
 
     def _check_open(self) -> None:
-        if self._is_closed():
+        if self._closed:
+            raise ClusterUnavailableError("the client was closed")
+        if self._cluster_closed():
             raise ClusterUnavailableError("the cluster has been shut down")
 
 
@@ -233,11 +296,16 @@ class RaftClient:
     are batched into shared Ray calls. See :class:`AsyncRaftClient` for the semantics.
     """
 
-    def __init__(self, nodes: Callable[[], Mapping[int, Any]], config: RaftConfig, is_closed: Callable[[], bool] = lambda: False):
+    def __init__(self, nodes: Callable[[], Mapping[int, Any]], config: RaftConfig,
+                 is_closed: Callable[[], bool] = lambda: False):
+        self._config = config
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="raft-client", daemon=True)
         self._thread.start()
         self._async = AsyncRaftClient(nodes, config, is_closed)
+        self._closed = False
+        # stop the loop thread when the client is garbage collected without close()
+        self._finalizer = weakref.finalize(self, _stop_loop, self._loop, self._thread)
 
     @property
     def client_id(self) -> int:
@@ -253,23 +321,49 @@ class RaftClient:
 
     def submit_async(self, command: Any, timeout: float | None = None) -> ConcurrentFuture:
         """Like :meth:`submit`, but return a ``concurrent.futures.Future`` at once."""
+        self._check_open()
         return asyncio.run_coroutine_threadsafe(self._async.submit(command, timeout), self._loop)
 
     def query(self, query: Any, consistency: str = LINEARIZABLE, timeout: float | None = None) -> Any:
         """Answer ``query`` (see :meth:`AsyncRaftClient.query` for ``consistency``)."""
         return self._wait(self._async.query(query, consistency, timeout))
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClusterUnavailableError("the client was closed")
+
     def _wait(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        try:
+            self._check_open()
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except BaseException:
+            coro.close()
+            raise
+        # the call's own deadline always settles it; the margin only guards against a dead loop
+        try:
+            return future.result(timeout=self._config.request_timeout * 10 + 60)
+        except FutureTimeoutError:
+            raise RaftTimeoutError("the client's event loop did not answer") from None
 
     def close(self) -> None:
-        """Stop the client's event loop thread."""
+        """Fail pending calls with :class:`ClusterUnavailableError` and stop the loop thread."""
+        if self._closed:
+            return
+        self._closed = True
         if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._async.aclose(), self._loop).result(timeout=5)
+        self._finalizer()
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    if loop.is_running():
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not threading.current_thread():
+            thread.join(timeout=5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Self
 
@@ -42,7 +43,7 @@ class RaftCluster:
         self._owns_ray = owns_ray
         self._dead: set[int] = set()
         self._closed = False
-        self._clients: list[RaftClient] = []
+        self._clients: weakref.WeakSet[RaftClient] = weakref.WeakSet()
 
     # ------------------------------------------------------------------ launch
     @classmethod
@@ -87,27 +88,52 @@ class RaftCluster:
         sm = cloudpickle.dumps(state_machine)
         cluster = cls(name, {}, config, sm, options, owns_ray)
         ids = list(range(1, num_nodes + 1))
-        for i in ids:
-            cluster._nodes[i] = cluster._new_actor(i, ids, lost_state=False)
-        cluster._connect_all()
-        if wait_for_leader is not None:
-            cluster.leader(timeout=wait_for_leader)
+        try:
+            for i in ids:
+                cluster._nodes[i] = cluster._new_actor(i, ids, lost_state=False)
+            cluster._connect_all()
+            if wait_for_leader is not None:
+                cluster.leader(timeout=wait_for_leader)
+        except BaseException:
+            cluster.shutdown()  # leave no actors (or a Ray we started) behind
+            raise
         return cluster
 
     def _new_actor(self, node_id: int, ids: list[int], lost_state: bool) -> Any:
         actor_cls = ray.remote(RaftNode).options(name=node_actor_name(self.name, node_id), **self._actor_options)
-        return actor_cls.remote(node_id, ids, self.config, self._state_machine, lost_state, self.name)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return actor_cls.remote(node_id, ids, self.config, self._state_machine, lost_state, self.name)
+            except ray.exceptions.ActorAlreadyExistsError:
+                # the name of an actor that just died is released a moment later
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def _connect_all(self) -> None:
         live = {i: h for i, h in self._nodes.items() if i not in self._dead}
-        ray.get([h.connect.remote(live) for h in live.values()])
+        self._call_all(lambda i, h: h.connect.remote(live))
+
+    def _call_all(self, call: Callable[[int, Any], Any]) -> dict[int, Any]:
+        """Call every live node at once; a node found dead is marked dead, not an error."""
+        refs = {i: call(i, h) for i, h in self._nodes.items() if i not in self._dead}
+        results = {}
+        for i, ref in refs.items():
+            try:
+                results[i] = ray.get(ref, timeout=_STATUS_TIMEOUT * 5)
+            except ray.exceptions.ActorDiedError:
+                self._dead.add(i)  # it died on its own (restart limit, fail-stop)
+            except (ray.exceptions.RayError, TimeoutError):
+                pass  # restarting or unreachable: it gets the news when it is back
+        return results
 
     # ------------------------------------------------------------------ clients
     def client(self) -> RaftClient:
         """A new blocking client session (thread-safe)."""
         self._check_open()
         c = RaftClient(self._live_nodes, self.config, self._is_closed)
-        self._clients.append(c)
+        self._clients.add(c)
         return c
 
     def async_client(self) -> AsyncRaftClient:
@@ -163,16 +189,21 @@ class RaftCluster:
         return df.astype({c: "Int64" for c in ints}).set_index("node")
 
     def leader(self, timeout: float = 10.0) -> int:
-        """The id of the current leader, waiting up to ``timeout`` seconds for one."""
+        """The id of the current leader, waiting up to ``timeout`` seconds for one.
+
+        A leader counts once a majority of the cluster's nodes report it as the leader of its
+        term, so a deposed leader in a minority partition, which may not know it yet, is not
+        taken for the leader.
+        """
         deadline = time.monotonic() + timeout
+        majority = len(self._nodes) // 2 + 1
         while True:
             sts = [s for s in self._statuses().values() if s is not None]
-            leaders = [s for s in sts if s["role"] == "leader"]
-            if leaders:
-                best = max(leaders, key=lambda s: s["term"])
-                # a deposed leader in a minority partition may not know it yet: trust the newest term
-                if best["term"] >= max(s["term"] for s in sts):
-                    return int(best["node"])
+            for s in sts:
+                if s["role"] == "leader":
+                    followers = sum(1 for o in sts if o["term"] == s["term"] and o["leader"] == s["node"])
+                    if followers >= majority:
+                        return int(s["node"])
             if time.monotonic() >= deadline:
                 raise RaftTimeoutError(f"no leader within {timeout}s")
             time.sleep(self.config.tick_interval)
@@ -196,9 +227,22 @@ class RaftCluster:
         entries it acknowledged, it rejoins as a *non-voter*: it receives and applies the log and
         serves reads, but never votes, campaigns or counts toward a quorum, so what it forgot
         cannot break safety.
+
+        Warning: each restart therefore costs the cluster a voter for good (until membership
+        changes can re-admit it). Restarting a majority of a cluster's nodes, even one at a
+        time, leaves it unable to elect a leader again.
         """
         self._check(node_id)
+        if node_id not in self._dead:
+            try:
+                ray.get(self._nodes[node_id].ping.remote(), timeout=_STATUS_TIMEOUT)
+            except ray.exceptions.ActorDiedError:
+                self._dead.add(node_id)  # it died on its own: make a new one
+            except (ray.exceptions.RayError, TimeoutError):
+                pass
         if node_id in self._dead:
+            with contextlib.suppress(ray.exceptions.RayError, ValueError):
+                ray.kill(self._nodes[node_id], no_restart=True)  # releases the name of one that died alone
             self._nodes[node_id] = self._new_actor(node_id, self.node_ids, lost_state=True)
             self._dead.discard(node_id)
             self._connect_all()
@@ -228,18 +272,12 @@ class RaftCluster:
         if rest:
             sets.append(rest)
         group_of = {i: k for k, g in enumerate(sets) for i in g}
-        refs = []
-        for i, h in self._nodes.items():
-            if i in self._dead:
-                continue
-            blocked = [j for j in self._nodes if group_of[j] != group_of[i]]
-            refs.append(h.set_faults.remote(blocked=blocked))
-        ray.get(refs)
+        self._call_all(lambda i, h: h.set_faults.remote(blocked=[j for j in self._nodes if group_of[j] != group_of[i]]))
 
     def heal(self) -> None:
         """Remove every partition and injected fault."""
-        ray.get([h.set_faults.remote(blocked=[], drop_rate=0.0, delay=0.0, duplicate_rate=0.0)
-                 for i, h in self._nodes.items() if i not in self._dead])
+        self._check_open()
+        self._call_all(lambda i, h: h.set_faults.remote(blocked=[], drop_rate=0.0, delay=0.0, duplicate_rate=0.0))
 
     def inject(self, node_id: int, drop_rate: float | None = None, delay: float | None = None,
                duplicate_rate: float | None = None) -> None:
@@ -271,7 +309,7 @@ class RaftCluster:
         if self._closed:
             return
         self._closed = True
-        for c in self._clients:
+        for c in list(self._clients):
             c.close()
         for h in self._nodes.values():
             with contextlib.suppress(ray.exceptions.RayError, ValueError):

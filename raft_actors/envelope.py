@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
-from .errors import CommandRejectedError
+from .errors import CommandError, CommandRejectedError
 
 
 class Request(NamedTuple):
@@ -36,6 +36,31 @@ def encode_request(client_id: Any, seq: int, ack: int, command: Any) -> bytes:
         return cloudpickle.dumps(Request(client_id, seq, ack, command), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise CommandRejectedError(f"command cannot be serialized: {type(exc).__name__}: {exc}") from exc
+
+
+def encode_query(query: Any) -> bytes:
+    """Serialize a query (cloudpickle, as for commands)."""
+    try:
+        return cloudpickle.dumps(query, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise CommandRejectedError(f"query cannot be serialized: {type(exc).__name__}: {exc}") from exc
+
+
+def encode_outcomes(outcomes: list[Outcome]) -> bytes:
+    """Serialize a batch of outcomes; one whose value cannot be pickled becomes a CommandError."""
+    try:
+        return dumps(outcomes)
+    except Exception:  # noqa: BLE001 - find which ones, and replace only those
+        return dumps([_picklable(o) for o in outcomes])
+
+
+def _picklable(outcome: Outcome) -> Outcome:
+    try:
+        dumps(outcome)
+        return outcome
+    except Exception as exc:  # noqa: BLE001 - user values may fail to pickle in any way
+        err = CommandError(type(exc).__name__, f"the result cannot be sent back to the client: {exc}")
+        return Outcome(False, err)
 
 
 def decode_request(data: bytes) -> Request:

@@ -18,8 +18,8 @@ import ray
 
 from .config import RaftConfig
 from .core import NotLeader
-from .envelope import Outcome, dumps, loads
-from .errors import NotLeaderError
+from .envelope import Outcome, dumps, encode_outcomes, loads
+from .errors import CommandRejectedError, NotLeaderError
 from .replica import Replica
 from .storage import MemoryStorage
 from .transport import Transport
@@ -89,7 +89,7 @@ class RaftNode:
     def _guard(self, fn: Any) -> None:
         try:
             fn()
-        except Exception:
+        except BaseException:
             # An invariant broke: stop at once (fail-stop) rather than run on with bad state.
             log.exception("node %s: internal error, exiting", self.node_id)
             os._exit(70)
@@ -130,28 +130,42 @@ class RaftNode:
             self._guard(lambda m=m: step(m))
 
     # ------------------------------------------------------------------ client RPC
-    async def submit(self, payload: bytes) -> list[Outcome]:
-        """Propose a batch of encoded client requests; answers each once applied."""
+    async def submit(self, payload: bytes) -> bytes:
+        """Propose a batch of encoded client requests; answer each once applied.
+
+        Returns the pickled list of :class:`~raft_actors.envelope.Outcome`, one per request.
+        """
         requests = loads(payload)
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in requests]
         try:
             self.replica.propose(requests, [_resolver(f) for f in futures])
         except NotLeaderError as exc:
-            return [Outcome(False, exc)] * len(requests)
+            return encode_outcomes([Outcome(False, exc)] * len(requests))
         self._kick.set()
-        return list(await asyncio.gather(*futures))
+        return encode_outcomes(list(await asyncio.gather(*futures)))
 
-    async def read(self, payload: bytes, mode: str) -> list[Outcome]:
-        """Run a batch of queries at consistency ``mode`` (linearizable, follower or stale)."""
-        queries = loads(payload)
-        future = asyncio.get_running_loop().create_future()
-        try:
-            self.replica.read(queries, mode, _resolver(future))
-        except NotLeaderError as exc:
-            return [Outcome(False, exc)] * len(queries)
-        self._kick.set()
-        return await future
+    async def read(self, payload: bytes, mode: str) -> bytes:
+        """Run a batch of encoded queries at consistency ``mode`` (linearizable, follower or
+        stale). Returns the pickled list of outcomes, one per query."""
+        outcomes: list[Outcome | None] = []
+        queries = []
+        for data in loads(payload):
+            try:
+                queries.append(loads(data))
+                outcomes.append(None)
+            except Exception as exc:  # noqa: BLE001 - e.g. a class this node cannot import
+                outcomes.append(Outcome(False, CommandRejectedError(f"undecodable query: {type(exc).__name__}: {exc}")))
+        if queries:
+            future = asyncio.get_running_loop().create_future()
+            try:
+                self.replica.read(queries, mode, _resolver(future))
+                self._kick.set()
+                answers = iter(await future)
+            except NotLeaderError as exc:
+                answers = iter([Outcome(False, exc)] * len(queries))
+            outcomes = [o if o is not None else next(answers) for o in outcomes]
+        return encode_outcomes(outcomes)
 
     async def transfer_leadership(self, to: int) -> None:
         """Start handing leadership to node ``to`` (this node must be the leader)."""

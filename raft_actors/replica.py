@@ -121,7 +121,7 @@ class Replica:
             except CommandRejectedError as exc:
                 cb(Outcome(False, exc))
                 continue
-            except Exception as exc:  # noqa: BLE001 - any decoding failure rejects the request
+            except BaseException as exc:  # noqa: BLE001 - any decoding failure rejects the request
                 cb(Outcome(False, CommandRejectedError(f"undecodable request: {type(exc).__name__}: {exc}")))
                 continue
             accepted.append(data)

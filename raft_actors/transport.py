@@ -37,8 +37,10 @@ class Transport:
     """
 
     def __init__(self, node_id: int, resolve: Callable[[int], Any] | None = None,
-                 on_reply: Callable[[int, bytes], None] | None = None, max_calls: int = 4, max_queue: int = 10_000):
+                 on_reply: Callable[[int, bytes], None] | None = None, max_calls: int = 4, max_queue: int = 10_000,
+                 call_timeout: float = 5.0):
         self.node_id = node_id
+        self.call_timeout = call_timeout
         self._on_reply = on_reply
         self.peers: dict[int, Any] = {}
         self._resolve = resolve
@@ -116,14 +118,15 @@ class Transport:
             if self.delay:
                 await asyncio.sleep(self.delay * self._rng.random())
             self.sent_calls += 1
-            reply = await handle.receive.remote(self.node_id, dumps(batch))
+            # a hung peer must not hold a slot for ever: Raft resends what matters
+            reply = await asyncio.wait_for(handle.receive.remote(self.node_id, dumps(batch)), self.call_timeout)
             if reply is not None and self._on_reply is not None:
                 self._on_reply(peer, reply)
         except ray.exceptions.ActorDiedError:
             self.failed_calls += 1
             if self.peers.get(peer) is handle:
                 del self.peers[peer]  # replaced by a new actor of the same name? look it up again
-        except (ray.exceptions.RayError, asyncio.CancelledError):
+        except (ray.exceptions.RayError, asyncio.CancelledError, TimeoutError):
             self.failed_calls += 1
         except Exception:  # never let one call take the node down
             self.failed_calls += 1

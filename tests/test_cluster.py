@@ -113,7 +113,7 @@ def test_minority_partition_commits_nothing_and_its_entries_are_replaced(cluster
     assert int(st.loc[minority[1], "commit_index"]) <= commit_before + 0
     cluster.heal()
     # The old leader learns of the newer term, steps down, and its uncommitted entry is replaced.
-    outcome = loads(dumps(ray.get(ref, timeout=30)))[0]
+    outcome = loads(ray.get(ref, timeout=30))[0]
     assert not outcome.ok
     wait_until(lambda: cluster.status()["applied_index"].nunique() == 1, what="convergence after healing")
     assert client.query(get("lost")) is None
@@ -301,8 +301,8 @@ def test_exactly_once_for_a_retried_request(cluster_factory) -> None:
     cluster = cluster_factory(num_nodes=3, state_machine=Counter)
     leader = cluster.handle(cluster.leader())
     payload = dumps([encode_request(7, 1, 1, ("add", 5))])
-    first = ray.get(leader.submit.remote(payload))
-    again = ray.get(leader.submit.remote(payload))  # the same session and sequence number
+    first = loads(ray.get(leader.submit.remote(payload)))
+    again = loads(ray.get(leader.submit.remote(payload)))  # the same session and sequence number
     assert first[0].ok and again[0].ok and first[0].value == again[0].value == 5
     assert cluster.client().query(("get",)) == 5
     st = cluster.status()

@@ -1,0 +1,167 @@
+"""Client and driver edge cases on a real local Ray: every call ends, with a typed error if need be."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+
+import pytest
+import ray
+
+from raft_actors import (
+    ClusterUnavailableError,
+    CommandError,
+    CommandRejectedError,
+    RaftCluster,
+    RaftConfig,
+    RaftTimeoutError,
+)
+from raft_actors.state_machines import get, put
+
+from .conftest import wait_until
+
+
+class Quirky:
+    """A state machine whose commands can misbehave in the ways user code does."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def apply(self, command):
+        self.n += 1
+        if command == "exit":
+            sys.exit(3)  # must not take the node down
+        if command == "lock":
+            return threading.Lock()  # a result that cannot be pickled
+        return self.n
+
+    def query(self, q):
+        return threading.Lock() if q == "lock" else self.n
+
+    def snapshot(self) -> bytes:
+        return str(self.n).encode()
+
+    def restore(self, data: bytes) -> None:
+        self.n = int(data)
+
+
+@pytest.fixture(scope="module")
+def quirky(ray_session: None):
+    cluster = RaftCluster.launch(num_nodes=3, state_machine=Quirky)
+    yield cluster
+    cluster.shutdown()
+
+
+def test_user_code_that_exits_or_returns_unpicklable_values_gets_command_errors(quirky) -> None:
+    client = quirky.client()
+    pids = set(quirky.status()["pid"])
+    with pytest.raises(CommandError) as err:
+        client.submit("exit")
+    assert err.value.exc_type == "SystemExit"
+    start = time.monotonic()
+    with pytest.raises(CommandError, match="cannot be sent back"):
+        client.submit("lock")
+    with pytest.raises(CommandError, match="cannot be sent back"):
+        client.query("lock")
+    assert time.monotonic() - start < 5  # an answer, not a deadline
+    assert isinstance(client.submit("ok"), int)
+    assert set(quirky.status()["pid"]) == pids  # no node died or restarted
+
+
+def test_unpicklable_query_is_rejected_at_once(quirky) -> None:
+    client = quirky.client()
+    with pytest.raises(CommandRejectedError, match="query cannot be serialized"):
+        client.query(threading.Lock(), timeout=2)
+    assert isinstance(client.query("n"), int)
+
+
+def test_timeouts_are_validated_and_each_call_keeps_its_own_deadline(quirky) -> None:
+    client = quirky.async_client()
+    with pytest.raises(ValueError):
+        asyncio.run(client.submit("x", timeout=0))
+
+    async def run():
+        # a call with a tiny deadline, batched with normal ones: it must end on its own time
+        quick = asyncio.ensure_future(client.query("n", timeout=1e-4))
+        normal = [asyncio.ensure_future(client.submit("x")) for _ in range(5)]
+        t = time.monotonic()
+        with pytest.raises(RaftTimeoutError):
+            await quick
+        took = time.monotonic() - t
+        return took, await asyncio.gather(*normal)
+
+    took, results = asyncio.run(run())
+    assert took < 0.5
+    assert all(isinstance(r, int) for r in results)
+
+
+def test_cancelling_one_call_does_not_strand_the_others(quirky) -> None:
+    client = quirky.async_client()
+
+    async def run():
+        calls = [asyncio.ensure_future(client.submit("x")) for _ in range(20)]
+        await asyncio.sleep(0)  # the batch is on its way
+        calls[0].cancel()
+        return await asyncio.wait_for(asyncio.gather(*calls[1:]), timeout=15)
+
+    results = asyncio.run(run())
+    assert len(results) == 19 and all(isinstance(r, int) for r in results)
+    assert not client._outstanding  # acknowledgements keep advancing: sessions stay bounded
+
+
+def test_closing_or_shutting_down_fails_calls_instead_of_hanging(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3)
+    client = cluster.client()
+    client.submit(put("x", 1))
+    leader = cluster.leader()
+    cluster.partition([leader])  # the next writes hang at the old leader for a while
+    pending = client.submit_async(put("y", 2), timeout=30)
+    time.sleep(0.2)
+    start = time.monotonic()
+    cluster.shutdown()
+    with pytest.raises(ClusterUnavailableError):
+        pending.result(timeout=10)
+    assert time.monotonic() - start < 10
+    with pytest.raises(ClusterUnavailableError):
+        client.submit(put("z", 3))
+
+
+def test_closed_client_fails_fast(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=1)
+    client = cluster.client()
+    client.submit(put("a", 1))
+    client.close()
+    with pytest.raises(ClusterUnavailableError):
+        client.submit(put("a", 2))
+    with pytest.raises(ClusterUnavailableError):
+        client.query(get("a"))
+    assert cluster.client().query(get("a")) == 1
+
+
+def test_leader_is_found_while_an_isolated_node_inflates_its_term(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3, config=RaftConfig(pre_vote=False))
+    client = cluster.client()
+    leader = cluster.leader()
+    loner = next(i for i in cluster.node_ids if i != leader)
+    cluster.partition([loner])
+    wait_until(lambda: cluster.status().loc[loner, "term"] > cluster.status().loc[leader, "term"] + 1,
+               what="the isolated node to run elections")
+    client.submit(put("x", 1))
+    assert cluster.leader(timeout=5) == leader
+
+
+def test_driver_survives_a_node_that_died_on_its_own(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3, actor_options={"max_restarts": 0})
+    client = cluster.client()
+    victim = next(i for i in cluster.node_ids if i != cluster.leader())
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(cluster.handle(victim).crash.remote())
+    cluster.heal()  # no error: the dead node is noticed and skipped
+    cluster.partition([victim])
+    assert cluster.status().loc[victim, "role"] == "dead"
+    cluster.restart(victim)  # a node that died on its own is recreated
+    cluster.heal()
+    client.submit(put("after", 1))
+    wait_until(lambda: cluster.status()["applied_index"].nunique() == 1, what="convergence")
