@@ -35,7 +35,7 @@ from .replica import FOLLOWER, LINEARIZABLE, READ_MODES, STALE
 
 #: per-attempt cap on waiting for one node, so a dead or partitioned node is left quickly
 _ATTEMPT_TIMEOUT = 2.0
-_BACKOFF_START, _BACKOFF_MAX = 0.01, 0.5
+_BACKOFF_START, _BACKOFF_MAX = 0.01, 0.1
 
 
 class _Pending:
