@@ -135,7 +135,3 @@ class Transport:
             self._in_flight[peer] -= 1
             if self._queues.get(peer) and self._in_flight[peer] < self.max_calls:
                 self._launch(peer)
-
-    def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
