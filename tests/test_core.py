@@ -790,12 +790,17 @@ def replicating_leader(**kw) -> RaftCore:
     return c
 
 
+def propose_one_by_one(c: RaftCore, n: int) -> None:
+    """Propose ``n`` commands, each in its own ready cycle (so each may be its own append)."""
+    for i in range(n):
+        c.propose([b"%d" % i])
+        c.ready()
+
+
 def test_pipelining_keeps_at_most_max_inflight_appends_in_flight():
     c = replicating_leader(max_inflight=2)
     first = c.log.last_index() + 1
-    for i in range(4):
-        c.propose([b"%d" % i])
-        c.ready()
+    propose_one_by_one(c, 4)
     pr = c.progress[2]
     assert pr.inflight == [first, first + 1] and pr.is_paused()
     c.propose([b"more"])
@@ -821,9 +826,7 @@ def test_pipelining_sends_several_appends_before_any_answer():
 def test_heartbeat_response_frees_a_slot_of_a_full_pipeline():
     c = replicating_leader(max_inflight=2)
     first = c.log.last_index() + 1
-    for i in range(3):
-        c.propose([b"%d" % i])
-        c.ready()
+    propose_one_by_one(c, 3)
     pr = c.progress[2]
     assert pr.is_paused() and pr.inflight == [first, first + 1]
     c.step(msg(M.HEARTBEAT_RESP, 1, 2, c.term))

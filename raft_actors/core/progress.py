@@ -35,6 +35,11 @@ class Progress:
         self.probe_sent = False
         self.inflight.clear()
 
+    def forget_match(self) -> None:
+        """The follower lost its log: nothing it acknowledged holds; replicate from the start."""
+        self.match = 0
+        self.become_probe()
+
     def become_replicate(self) -> None:
         self.state = ProgressState.REPLICATE
         self.next = self.match + 1

@@ -458,9 +458,8 @@ class RaftCore:
         if pr is None:
             return
         if m.context == LOST_STATE and not pr.lost:
-            pr.lost = True  # its earlier acknowledgements are void: replicate from scratch
-            pr.match = 0
-            pr.become_probe()
+            pr.lost = True
+            pr.forget_match()
         if pr.lost:
             if m.context != LOST_STATE:
                 return  # sent before it lost its state: void
@@ -469,9 +468,7 @@ class RaftCore:
         if t == MsgType.APPEND_RESP:
             if m.reject:
                 if pr.lost and m.index <= pr.match:
-                    # a node that lost its state may lose it again: its word beats our count
-                    pr.match = 0
-                    pr.become_probe()
+                    pr.forget_match()  # a node that lost its state may lose it again
                 next_probe = m.reject_hint
                 if m.log_term > 0:
                     next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
