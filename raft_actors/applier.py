@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
+import cloudpickle
+
 from .core.messages import Entry, EntryKind
-from .envelope import Outcome, decode_request
+from .envelope import Outcome, decode_request, picklable_outcome
 from .errors import CommandError, CommandRejectedError, UnknownOutcomeError
+
+_SNAPSHOT_FORMAT = 1
 
 
 class _Session:
@@ -58,6 +63,32 @@ class Applier:
             session.floor = req.ack
             session.results = {s: o for s, o in session.results.items() if s >= req.ack}
         return out
+
+    def snapshot(self) -> bytes:
+        """The state machine's state and the session table, as of :attr:`applied_index`.
+
+        Raises whatever the state machine's ``snapshot`` raises (the caller skips compaction).
+        """
+        state = self.sm.snapshot()
+        if not isinstance(state, bytes | bytearray | memoryview):
+            raise TypeError(f"{type(self.sm).__name__}.snapshot() must return bytes, not {type(state).__name__}")
+        # a result nobody could be sent (unpicklable) is kept as the error its client would get
+        sessions = {cid: (s.floor, {seq: picklable_outcome(o) for seq, o in s.results.items()})
+                    for cid, s in self.sessions.items()}
+        return cloudpickle.dumps((_SNAPSHOT_FORMAT, self.applied_index, sessions, bytes(state)),
+                                 protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, data: bytes, index: int) -> None:
+        """Replace the state machine's state and the sessions by a snapshot taken at ``index``."""
+        fmt, applied, sessions, state = pickle.loads(data)
+        if fmt != _SNAPSHOT_FORMAT or applied != index:
+            raise ValueError(f"snapshot format {fmt} at {applied} does not fit (expected {_SNAPSHOT_FORMAT} at {index})")
+        self.sm.restore(state)
+        self.sessions = {}
+        for cid, (floor, results) in sessions.items():
+            s = self.sessions[cid] = _Session()
+            s.floor, s.results = floor, results
+        self.applied_index = applied
 
     def query(self, query: Any) -> Outcome:
         try:

@@ -30,6 +30,16 @@ class RaftConfig:
     max_entries_per_message: int = 2048
     #: default deadline, in seconds, of one client call (retries included)
     request_timeout: float = 10.0
+    #: a node snapshots its state machine and compacts its log once this many entries were
+    #: applied since its last snapshot (0: never by count)
+    snapshot_entries: int = 100_000
+    #: ... or once the commands applied since its last snapshot add up to this many bytes (0: never by size)
+    snapshot_bytes: int = 64 * 2**20
+    #: entries kept before the snapshot when compacting, so a follower only a little behind
+    #: catches up from the log rather than by a whole snapshot
+    keep_entries: int = 5_000
+    #: a snapshot travels to a lagging follower in chunks of this many bytes, one at a time
+    snapshot_chunk_bytes: int = 2**20
 
     def __post_init__(self) -> None:
         if self.tick_interval <= 0:
@@ -40,3 +50,7 @@ class RaftConfig:
             raise ValueError("max_inflight and max_entries_per_message must be >= 1")
         if self.request_timeout <= 0:
             raise ValueError("request_timeout must be positive")
+        if min(self.snapshot_entries, self.snapshot_bytes, self.keep_entries) < 0:
+            raise ValueError("snapshot_entries, snapshot_bytes and keep_entries must be >= 0")
+        if self.snapshot_chunk_bytes < 1:
+            raise ValueError("snapshot_chunk_bytes must be >= 1")

@@ -51,10 +51,10 @@ def encode_outcomes(outcomes: list[Outcome]) -> bytes:
     try:
         return dumps(outcomes)
     except Exception:  # noqa: BLE001 - find which ones, and replace only those
-        return dumps([_picklable(o) for o in outcomes])
+        return dumps([picklable_outcome(o) for o in outcomes])
 
 
-def _picklable(outcome: Outcome) -> Outcome:
+def picklable_outcome(outcome: Outcome) -> Outcome:
     try:
         dumps(outcome)
         return outcome

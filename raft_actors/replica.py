@@ -8,19 +8,23 @@ No Ray, asyncio, clock or sockets here: completions are delivered through callba
 from __future__ import annotations
 
 import heapq
+import logging
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 from .applier import Applier
 from .config import RaftConfig
 from .core import Message, NotLeader, ProposalDropped, RaftCore, Ready, Role
+from .core.messages import SnapshotMeta
 from .envelope import Outcome, decode_request
 from .errors import CommandRejectedError, LeadershipLostError, NotLeaderError, RaftTimeoutError
 from .storage.base import Storage
 
 WriteCallback = Callable[[Outcome], None]
 ReadCallback = Callable[[list[Outcome]], None]
+
+log = logging.getLogger(__name__)
 
 #: read consistency levels, strongest first
 LINEARIZABLE, FOLLOWER, STALE = "linearizable", "follower", "stale"
@@ -41,7 +45,8 @@ class Replica:
 
     Args:
         node_id, voters, config, rng: as for :class:`~raft_actors.core.RaftCore`.
-        storage: where the log and hard state live; its contents are loaded now.
+        storage: where the log, hard state and snapshot live; its contents are loaded now (the
+            state machine is restored from the snapshot, committed entries after it re-applied).
         state_machine: the user's state machine (wrapped for exactly-once application).
         lost_state: this node had state before and lost it: it rejoins as a non-voter
             (see ``RaftCore``).
@@ -60,12 +65,18 @@ class Replica:
         lost_state: bool = False,
         observer: Callable[[Replica, Ready], None] | None = None,
     ):
-        hs, entries = storage.load()
+        rec = storage.load()
         self.config = config
         self.storage = storage
-        self.core = RaftCore(node_id, voters, config, rng, hs, entries, lost_state)
         self.applier = Applier(state_machine)
+        if rec.snapshot is not None and rec.snapshot_data is not None:
+            self.applier.restore(rec.snapshot_data, rec.snapshot.index)
+        self.core = RaftCore(node_id, voters, config, rng, rec.hard_state, rec.entries, lost_state, rec.snapshot)
         self.observer = observer
+        self._snap_index = self.core.snapshot.index  # entries applied since then count toward the next
+        self._bytes_since_snap = 0
+        self._snap_failed_at = -1  # applied index of a failed snapshot attempt (not retried at once)
+        self._incoming: dict[SnapshotMeta, bytes] = {}  # snapshots received, until the core takes one
         self._writes: dict[int, tuple[int, WriteCallback]] = {}
         self._reads: dict[tuple[int, int], _PendingRead] = {}
         self._waiting: list[tuple[int, tuple[int, int], _PendingRead]] = []  # (read index, ctx, read)
@@ -103,6 +114,26 @@ class Replica:
 
     def step(self, message: Message) -> None:
         self.core.step(message)
+
+    def install_snapshot(self, message: Message, data: bytes) -> None:
+        """A ``SNAPSHOT`` message from the leader, with the snapshot's state (all chunks joined).
+
+        The core decides whether it needs it; if so the next :meth:`process_ready` restores the
+        state machine from ``data`` and persists it in place of the log.
+        """
+        if message.snapshot is None:
+            raise ValueError("not a snapshot message")
+        self._incoming[message.snapshot] = data
+        self.core.step(message)
+
+    def snapshot_to_send(self) -> tuple[SnapshotMeta, int, BinaryIO] | None:
+        """This node's latest snapshot as ``(meta, size, reader)`` (the caller closes the reader),
+        to answer a ``SNAPSHOT`` message the core sent; it may be newer than the one named."""
+        return self.storage.open_snapshot()
+
+    def report_snapshot(self, to: int, delivered: bool) -> None:
+        """Tell the core whether the snapshot for ``to`` was delivered."""
+        self.core.report_snapshot(to, delivered)
 
     def propose(self, commands: Sequence[bytes], callbacks: Sequence[WriteCallback]) -> None:
         """Propose encoded requests; each callback gets its command's outcome once applied.
@@ -168,6 +199,8 @@ class Replica:
         core = self.core
         while core.has_ready():
             rd = core.ready()
+            if rd.snapshot is not None:
+                self._install(rd.snapshot)
             if rd.entries:
                 self.storage.append(rd.entries)
             if rd.hard_state is not None:
@@ -177,6 +210,7 @@ class Replica:
             out.extend(rd.messages)
             if rd.committed_entries:
                 self._apply(rd.committed_entries)
+                self._maybe_snapshot()
             for rs in rd.read_states:
                 pr = self._reads.pop(rs.context, None)
                 if pr is not None:
@@ -197,8 +231,50 @@ class Replica:
                 self.observer(self, rd)
         return out
 
+    def _install(self, meta: SnapshotMeta) -> None:
+        data = self._incoming.pop(meta)
+        self._incoming.clear()
+        # restore first: a snapshot the state machine cannot load must not replace the log
+        self.applier.restore(data, meta.index)
+        self.storage.install_snapshot(meta, data)
+        self._snap_index, self._bytes_since_snap = meta.index, 0
+
+    def _maybe_snapshot(self) -> None:
+        cfg = self.config
+        applied = self.applier.applied_index
+        due = (cfg.snapshot_entries and applied - self._snap_index >= cfg.snapshot_entries) or (
+            cfg.snapshot_bytes and self._bytes_since_snap >= cfg.snapshot_bytes
+        )
+        if due and applied - self._snap_failed_at >= max(1, (cfg.snapshot_entries or 10_000) // 2):
+            self.take_snapshot()
+
+    def take_snapshot(self) -> SnapshotMeta | None:
+        """Snapshot the state machine now, persist it and compact the log (done automatically
+        past ``snapshot_entries``/``snapshot_bytes``). Returns the snapshot's metadata, or
+        ``None`` when there is nothing new or the state machine could not snapshot itself."""
+        applied = self.applier.applied_index
+        if applied <= self._snap_index:
+            return None
+        term = self.core.log.term(applied)
+        assert term is not None
+        try:
+            data = self.applier.snapshot()
+        except Exception:
+            log.exception("node %s: the state machine failed to snapshot; the log is not compacted", self.id)
+            self._snap_failed_at = applied
+            return None
+        meta = SnapshotMeta(applied, term, self.core.voters)
+        self.storage.save_snapshot(meta, data)
+        keep = self.config.keep_entries
+        self.storage.compact(applied - keep)
+        self.core.compact(meta, keep)
+        self._snap_index, self._bytes_since_snap = applied, 0
+        return meta
+
     def _apply(self, entries: list) -> None:
         for e in entries:
+            if e.command is not None:
+                self._bytes_since_snap += len(e.command)
             outcome = self.applier.apply(e)
             waiter = self._writes.pop(e.index, None)
             if waiter is None:
@@ -240,4 +316,7 @@ class Replica:
             "commit_index": c.log.commit,
             "applied_index": self.applier.applied_index,
             "log_length": c.log.last_index(),
+            "snapshot_index": c.snapshot.index,
+            "log_entries": len(c.log.entries),
+            "storage_bytes": self.storage.size(),
         }

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import RaftConfig
-from .core import Entry, EntryKind, HardState, Message, Ready, Role
+from .core import Entry, EntryKind, HardState, Message, MsgType, Ready, Role
 from .envelope import Outcome, decode_request, encode_request
 from .errors import NotLeaderError
 from .linearizability import Operation
@@ -175,7 +175,7 @@ class Simulator:
         self._seen_commit: dict[int, int] = {}
         self._seen_applied: dict[int, int] = {}
         self._acked: list[tuple[int, int]] = []
-        self.stats = {"messages": 0, "dropped": 0, "crashes": 0, "partitions": 0, "elections": 0}
+        self.stats = {"messages": 0, "dropped": 0, "crashes": 0, "partitions": 0, "elections": 0, "snapshots": 0}
         self.faults_on = True
         self.clients_on = True
         for i in self.ids:
@@ -227,7 +227,7 @@ class Simulator:
         )
         self.nodes[i] = node
         self._seen_commit[i] = node.core.log.commit
-        self._seen_applied[i] = 0
+        self._seen_applied[i] = node.applier.applied_index  # restored from its snapshot
         self._flush(node)
 
     def _tick(self, i: int) -> None:
@@ -298,6 +298,9 @@ class Simulator:
 
     def _send(self, m: Message) -> None:
         self.stats["messages"] += 1
+        if m.type == MsgType.SNAPSHOT:
+            self._send_snapshot(m)
+            return
         if (m.frm, m.to) in self.cut or self._lost():
             self.stats["dropped"] += 1
             return
@@ -311,6 +314,32 @@ class Simulator:
             return
         node.step(m)
         self._flush(node)
+
+    def _send_snapshot(self, m: Message) -> None:
+        """The shell's part of InstallSnapshot: read the sender's latest snapshot, carry it over
+        (it takes a while, and may fail), install it, and report the outcome to the sender."""
+        sender = self.nodes[m.frm]
+        assert sender is not None
+        found = sender.snapshot_to_send()
+        assert found is not None, "the core sent a snapshot its storage does not hold"
+        meta, _, reader = found
+        with reader:
+            data = reader.read()
+        self.stats["snapshots"] += 1
+        m = Message(m.type, m.to, m.frm, m.term, snapshot=meta)
+
+        def arrive() -> None:
+            node = self.nodes[m.to]
+            ok = node is not None and (m.frm, m.to) not in self.cut and not self._lost()
+            if ok:
+                assert node is not None
+                node.install_snapshot(m, data)
+                self._flush(node)
+            if self.nodes[m.frm] is sender:  # the sender's shell learns how it went (unless it crashed)
+                sender.report_snapshot(m.to, ok)
+                self._flush(sender)
+
+        self._at(self._delay() * 3, arrive)
 
     # ------------------------------------------------------------------ clients
     def _next_op(self, c: _Client) -> None:
@@ -405,11 +434,21 @@ class Simulator:
             else:
                 self.stats["elections"] += 1
                 for idx, e in self.committed.items():
-                    if core.log.term(idx) != e.term:
+                    if idx > core.log.offset and core.log.term(idx) != e.term:
                         self._violation(f"leader {i} of term {core.term} lacks committed entry {idx} (term {e.term})")
                         break
+        if rd.snapshot is not None:
+            # an installed snapshot covers a committed prefix: its last entry must be the one applied there
+            snap = rd.snapshot
+            known = self.applied.get(snap.index)
+            if known is not None and known.term != snap.term:
+                self._violation(f"node {i} installed a snapshot ending at {snap.index} in term {snap.term}, "
+                                f"but {known} was applied there")
+            if snap.index < self._seen_applied[i]:
+                self._violation(f"node {i} installed a snapshot at {snap.index} behind its applied {self._seen_applied[i]}")
+            self._seen_applied[i] = snap.index
         commit = core.log.commit
-        for idx in range(self._seen_commit[i] + 1, commit + 1):
+        for idx in range(max(self._seen_commit[i], core.log.offset) + 1, commit + 1):
             e = core.log.slice(idx, idx + 1)[0]
             known = self.committed.setdefault(idx, e)
             if known != e:
@@ -430,20 +469,25 @@ class Simulator:
         for a_pos, a in enumerate(ids):
             for b in ids[a_pos + 1 :]:
                 la, lb = logs[a], logs[b]
+                first = max(la.offset, lb.offset) + 1  # what both still hold (the rest is in snapshots)
                 last = min(la.last_index(), lb.last_index())
-                agree = next((k for k in range(last, 0, -1) if la.term(k) == lb.term(k)), 0)
-                if la.slice(1, agree + 1) != lb.slice(1, agree + 1):
+                agree = next((k for k in range(last, first - 1, -1) if la.term(k) == lb.term(k)), 0)
+                if agree and la.slice(first, agree + 1) != lb.slice(first, agree + 1):
                     self._violation(f"log matching: nodes {a} and {b} agree on the term at {agree} but differ before it")
         leaders = [i for i, n in up.items() if n.core.role == Role.LEADER]
         if not leaders:
             self._violation("liveness: no leader after healing every fault")
             return
-        final = up[leaders[0]].core.log
+        # every committed entry was applied by some node before any snapshot could cover it
+        final_commit = up[leaders[0]].core.log.commit
         present = set()
-        for e in final.slice(1, final.commit + 1):
-            if e.kind == EntryKind.NORMAL:
+        for idx, e in self.applied.items():
+            if idx <= final_commit and e.kind == EntryKind.NORMAL:
                 req = decode_request(e.command)
                 present.add((req.client_id, req.seq))
+        missing = [k for k in range(1, final_commit + 1) if k not in self.applied]
+        if missing:
+            self._violation(f"committed entries never applied by any node: {missing[:5]}...")
         for key in self._acked:
             if key not in present:
                 self._violation(f"acknowledged write {key} is not in the final committed log")

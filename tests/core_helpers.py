@@ -144,6 +144,7 @@ class Net:
         self.dropped_reads: dict[int, list] = {i: [] for i in self.cores}
         self.leaders_by_term: dict[int, set[int]] = {}
         self.delivered: list[Message] = []
+        self.snapshots: dict[int, list] = {i: [] for i in self.cores}  # installed from the leader
         #: assert election safety on every flush (a test that expects a violation turns it off)
         self.check_safety = True
 
@@ -174,6 +175,8 @@ class Net:
             if nid in self.down:
                 continue
             rd = c.ready()
+            if rd.snapshot is not None:
+                self.snapshots[nid].append(rd.snapshot)
             self.applied[nid].extend(rd.committed_entries)
             self.read_states[nid].extend(rd.read_states)
             self.dropped_reads[nid].extend(rd.dropped_reads)
@@ -199,8 +202,12 @@ class Net:
                 return n
             m = self.pending.pop(i)
             if (m.frm, m.to) in self.blocked or m.to in self.down:
+                if m.type == MsgType.SNAPSHOT:
+                    self.cores[m.frm].report_snapshot(m.to, False)
                 continue
             self.cores[m.to].step(m)
+            if m.type == MsgType.SNAPSHOT:
+                self.cores[m.frm].report_snapshot(m.to, True)  # the shell's report after sending it
             self.delivered.append(m)
             n += 1
             assert n < limit, "message storm"
@@ -210,6 +217,9 @@ class Net:
         self.flush()
         gone = [m for m in self.pending if pred(m)]
         self.pending = [m for m in self.pending if not pred(m)]
+        for m in gone:
+            if m.type == MsgType.SNAPSHOT:
+                self.cores[m.frm].report_snapshot(m.to, False)
         return gone
 
     def tick(self, n: int = 1, nodes: Iterable[int] | None = None) -> None:

@@ -33,6 +33,9 @@ def _scenario(seed: int) -> dict:
             check_quorum=rng.random() < 0.7,
             max_entries_per_message=rng.choice([1, 3, 2048]),
             max_inflight=rng.choice([1, 4, 32]),
+            # compact often, so that lagging and restarted nodes catch up by snapshot
+            snapshot_entries=rng.choice([0, 4, 16, 64]),
+            keep_entries=rng.choice([0, 2, 30]),
         ),
         "faults": faults,
         "num_clients": rng.choice([2, 3, 5]),
@@ -68,6 +71,32 @@ def test_faults_actually_happen() -> None:
     assert res.stats["crashes"] > 3 and res.stats["partitions"] > 3 and res.stats["dropped"] > 50
     assert res.stats["elections"] > 1
     assert any(op.ret is not None for op in res.history)
+
+
+def test_snapshots_are_taken_and_sent_in_the_simulator() -> None:
+    cfg = RaftConfig(snapshot_entries=8, keep_entries=0)
+    res = simulate(5, num_nodes=5, config=cfg, faults=Faults.chaos(), num_clients=4)
+    assert res.ok, res.describe()
+    assert res.stats["snapshots"] > 0
+    assert check(res.history, kv_model(), timeout=60).ok
+
+
+def test_broken_snapshot_install_is_caught() -> None:
+    """A follower that takes the leader's snapshot but does not restore its state machine."""
+    from raft_actors.applier import Applier
+
+    original = Applier.restore
+
+    def forgetful(self, data, index):
+        self.applied_index = index  # the state itself is not loaded
+
+    Applier.restore = forgetful
+    try:
+        cfg = RaftConfig(snapshot_entries=4, keep_entries=0)
+        bad = [simulate(seed, config=cfg, faults=Faults.chaos(), num_clients=4) for seed in range(10)]
+        assert any(not r.ok for r in bad)
+    finally:
+        Applier.restore = original
 
 
 def test_user_state_machine_in_simulator() -> None:

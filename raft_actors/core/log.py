@@ -97,6 +97,24 @@ class RaftLog:
             index -= 1
         return self.offset, self.offset_term
 
+    def compact_to(self, index: int) -> None:
+        """Forget entries up to ``index`` (already applied and covered by a snapshot)."""
+        if index <= self.offset:
+            return
+        if index > self.applied:
+            raise AssertionError(f"compacting to {index} beyond applied {self.applied}")
+        term = self.term(index)
+        assert term is not None
+        del self.entries[: index - self.offset]
+        self.offset, self.offset_term = index, term
+
+    def restore(self, index: int, term: int) -> None:
+        """Replace the whole log by a snapshot ending at ``(index, term)``: committed and applied."""
+        self.entries = []
+        self.offset, self.offset_term = index, term
+        self.commit = self.applied = index
+        self.unstable_from = index + 1
+
     def commit_to(self, index: int) -> bool:
         if index > self.commit:
             if index > self.last_index():

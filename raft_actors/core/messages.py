@@ -43,6 +43,18 @@ class HardState(NamedTuple):
     lost_state: bool = False
 
 
+class SnapshotMeta(NamedTuple):
+    """What a snapshot covers: every entry up to ``index`` (whose term is ``term``) is in it.
+
+    ``voters`` is the cluster configuration as of ``index``. The state itself (opaque bytes for
+    the core) travels beside the metadata, never inside the core.
+    """
+
+    index: int = 0
+    term: int = 0
+    voters: tuple[int, ...] = ()
+
+
 class MsgType(IntEnum):
     """Kinds of peer message (the RPCs of the Raft paper, plus etcd-style extensions)."""
 
@@ -57,6 +69,7 @@ class MsgType(IntEnum):
     READ_INDEX = 9
     READ_INDEX_RESP = 10
     TIMEOUT_NOW = 11
+    SNAPSHOT = 12
 
 
 @dataclass(slots=True)
@@ -75,6 +88,8 @@ class Message:
       ``context`` carries a ReadIndex round id, echoed in ``HEARTBEAT_RESP``.
     - ``READ_INDEX``/``READ_INDEX_RESP``: a follower asks the leader for a read index on behalf
       of a read request ``context``; the answer carries ``index`` (or ``reject``).
+    - ``SNAPSHOT``: ``snapshot`` names the leader's snapshot (InstallSnapshot); the shell carries
+      the state itself beside the message. The answer is an ``APPEND_RESP``.
     - ``APPEND_RESP``/``HEARTBEAT_RESP`` from a node that lost its storage carry
       ``context == LOST_STATE``: the leader replicates to it but never counts it in a quorum.
     """
@@ -90,6 +105,7 @@ class Message:
     reject: bool = False
     reject_hint: int = 0
     context: Any = None
+    snapshot: SnapshotMeta | None = None
 
 
 class ReadState(NamedTuple):
@@ -103,6 +119,8 @@ class ReadState(NamedTuple):
 class Ready:
     """Everything the shell must do after driving the core, in this order.
 
+    0. if ``snapshot`` is set: persist the snapshot received from the leader (replacing the
+       whole log) and restore the state machine from it;
     1. persist ``entries`` (replacing any stored entries at the same or later indexes)
        and ``hard_state`` (if not ``None``), durably;
     2. send ``messages``;
@@ -112,6 +130,7 @@ class Ready:
     """
 
     hard_state: HardState | None = None
+    snapshot: SnapshotMeta | None = None
     entries: list[Entry] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     committed_entries: list[Entry] = field(default_factory=list)

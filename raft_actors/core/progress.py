@@ -8,16 +8,19 @@ from enum import IntEnum
 class ProgressState(IntEnum):
     PROBE = 0  #: one append at a time until the follower's match index is found
     REPLICATE = 1  #: optimistic pipelining: next index moves ahead of acknowledgements
+    SNAPSHOT = 2  #: the follower needs compacted entries: a snapshot is on its way, send nothing else
 
 
 class Progress:
     """A leader's view of one follower (etcd-io/raft's ``tracker.Progress``).
 
     In ``PROBE`` the leader sends one append per heartbeat interval and waits for the answer;
-    in ``REPLICATE`` it streams appends, at most ``max_inflight`` unacknowledged messages at a time.
+    in ``REPLICATE`` it streams appends, at most ``max_inflight`` unacknowledged messages at a time;
+    in ``SNAPSHOT`` it waits until the snapshot ``pending_snapshot`` has been delivered (or failed).
     """
 
-    __slots__ = ("inflight", "lost", "match", "max_inflight", "next", "probe_sent", "recent_active", "state")
+    __slots__ = ("inflight", "lost", "match", "max_inflight", "next", "pending_snapshot", "probe_sent",
+                 "recent_active", "state")
 
     def __init__(self, next_index: int, max_inflight: int):
         self.match = 0
@@ -28,10 +31,18 @@ class Progress:
         self.max_inflight = max_inflight
         self.recent_active = False
         self.lost = False  # the follower lost its storage once: never counted in a quorum
+        self.pending_snapshot = 0
 
     def become_probe(self) -> None:
         self.state = ProgressState.PROBE
         self.next = self.match + 1
+        self.probe_sent = False
+        self.inflight.clear()
+        self.pending_snapshot = 0
+
+    def become_snapshot(self, index: int) -> None:
+        self.state = ProgressState.SNAPSHOT
+        self.pending_snapshot = index
         self.probe_sent = False
         self.inflight.clear()
 
@@ -45,10 +56,13 @@ class Progress:
         self.next = self.match + 1
         self.probe_sent = False
         self.inflight.clear()
+        self.pending_snapshot = 0
 
     def is_paused(self) -> bool:
         if self.state == ProgressState.PROBE:
             return self.probe_sent
+        if self.state == ProgressState.SNAPSHOT:
+            return True
         return len(self.inflight) >= self.max_inflight
 
     def sent_entries(self, last_index: int) -> None:
@@ -76,6 +90,8 @@ class Progress:
 
         Returns ``False`` for a stale rejection (one that no longer says anything new).
         """
+        if self.state == ProgressState.SNAPSHOT:
+            return False  # answers to appends sent before the snapshot: the snapshot decides
         if self.state == ProgressState.REPLICATE:
             if rejected <= self.match:
                 return False

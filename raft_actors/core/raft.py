@@ -16,7 +16,7 @@ from typing import Any
 
 from ..config import RaftConfig
 from .log import RaftLog
-from .messages import NONE, Entry, EntryKind, HardState, Message, MsgType, ReadState, Ready
+from .messages import NONE, Entry, EntryKind, HardState, Message, MsgType, ReadState, Ready, SnapshotMeta
 from .progress import Progress, ProgressState
 
 #: ``Message.context`` of a vote request sent because of a leadership transfer.
@@ -26,6 +26,7 @@ LOST_STATE = "lost-state"
 
 
 _NO_STATE = HardState()
+_FROM_LEADER = (MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT)
 
 
 class Role(IntEnum):
@@ -67,12 +68,15 @@ class RaftCore:
         config: timing and flow-control settings (only the tick-based ones are used here).
         rng: the source of randomized election timeouts (seed it for a replayable run).
         hard_state: term, vote and commit restored from storage.
-        entries: the log restored from storage, starting at index 1.
+        entries: the log restored from storage: the entries after ``snapshot`` (from index 1
+            without one).
         lost_state: this node had state before and lost it (its storage died). It may have
             forgotten a vote or an entry it acknowledged, so from now on it never votes, never
             campaigns and is never counted in a quorum (commit, check-quorum, ReadIndex): it only
             follows the log, as a non-voting replica, until a membership change re-adds it.
             The mark is persisted in the hard state (``hard_state.lost_state`` also sets it).
+        snapshot: the latest snapshot restored from storage (its state is already in the
+            shell's state machine): the log continues after it.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class RaftCore:
         hard_state: HardState = _NO_STATE,
         entries: Sequence[Entry] = (),
         lost_state: bool = False,
+        snapshot: SnapshotMeta | None = None,
     ):
         if node_id <= 0:
             raise ValueError("node ids are positive integers")
@@ -93,7 +98,10 @@ class RaftCore:
             raise ValueError(f"node {node_id} is not among the voters {self.voters}")
         self.cfg = config
         self.rng = rng
-        self.log = RaftLog(entries, commit=hard_state.commit)
+        snap = snapshot or SnapshotMeta(0, 0, self.voters)
+        self.snapshot = snap  # the latest snapshot the shell holds (what a lagging follower is sent)
+        self.log = RaftLog(entries, commit=max(hard_state.commit, snap.index), offset=snap.index, offset_term=snap.term)
+        self._pending_snapshot: SnapshotMeta | None = None  # received from the leader, to install
         self.term = hard_state.term
         self.vote = hard_state.vote
         self.lead = NONE
@@ -185,6 +193,34 @@ class RaftCore:
         else:
             self._send_append(to)
 
+    def compact(self, snapshot: SnapshotMeta, keep: int = 0) -> None:
+        """The shell durably saved ``snapshot`` of its state machine: drop the log up to it,
+        keeping the last ``keep`` entries before it for followers that are only a little behind."""
+        if snapshot.index > self.log.applied:
+            raise ValueError(f"snapshot at {snapshot.index} is beyond the applied index {self.log.applied}")
+        if snapshot.index <= self.snapshot.index:
+            return
+        if self.log.term(snapshot.index) != snapshot.term:
+            raise ValueError(f"snapshot term {snapshot.term} does not match the log at {snapshot.index}")
+        self.snapshot = snapshot
+        self.log.compact_to(snapshot.index - keep)
+
+    def report_snapshot(self, to: int, delivered: bool) -> None:
+        """The shell finished sending a snapshot to ``to``: ``delivered`` or failed.
+
+        Either way the leader goes back to probing ``to``; after a failure it sends the snapshot
+        again when the follower next answers (a heartbeat), after a success the follower's
+        answer to the snapshot moves it on.
+        """
+        pr = self.progress.get(to) if self.role == Role.LEADER else None
+        if pr is None or pr.state != ProgressState.SNAPSHOT:
+            return
+        pending = pr.pending_snapshot
+        pr.become_probe()
+        if delivered:
+            pr.next = max(pr.next, pending + 1)
+            pr.probe_sent = True  # wait for the follower's answer (or the next heartbeat's)
+
     def step(self, m: Message) -> None:
         """Handle one message from a peer."""
         if m.term > self.term:
@@ -194,12 +230,12 @@ class RaftCore:
                     return  # leader stickiness: we heard from a live leader recently
             if m.type == MsgType.PRE_VOTE or (m.type == MsgType.PRE_VOTE_RESP and not m.reject):
                 pass  # a pre-vote never changes anybody's term
-            elif m.type in (MsgType.APPEND, MsgType.HEARTBEAT):
+            elif m.type in _FROM_LEADER:
                 self._become_follower(m.term, m.frm)
             else:
                 self._become_follower(m.term, NONE)
         elif m.term < self.term:
-            if m.type in (MsgType.APPEND, MsgType.HEARTBEAT):
+            if m.type in _FROM_LEADER:
                 # tell a stale leader about the newer term so that it steps down
                 self._send(Message(MsgType.APPEND_RESP, m.frm, self.id, self.term))
             elif m.type == MsgType.PRE_VOTE:
@@ -223,6 +259,7 @@ class RaftCore:
             or self._read_states
             or self._dropped_reads
             or self._soft_changed
+            or self._pending_snapshot is not None
             or self.log.unstable_from <= self.log.last_index()
             or self.log.commit > self.log.applied
             or self.hard_state != self._persisted_hs
@@ -240,6 +277,7 @@ class RaftCore:
         hs = self.hard_state
         rd = Ready(
             hard_state=hs if hs != self._persisted_hs else None,
+            snapshot=self._pending_snapshot,
             entries=self.log.unstable_entries(),
             messages=self._msgs,
             committed_entries=self.log.next_committed(),
@@ -248,6 +286,7 @@ class RaftCore:
             soft_state_changed=self._soft_changed,
         )
         self._persisted_hs = hs
+        self._pending_snapshot = None
         self.log.stable_to_end()
         self._msgs = []
         self._read_states = []
@@ -369,7 +408,7 @@ class RaftCore:
 
     def _step_candidate(self, m: Message) -> None:
         my_resp = MsgType.PRE_VOTE_RESP if self.role == Role.PRE_CANDIDATE else MsgType.VOTE_RESP
-        if m.type in (MsgType.APPEND, MsgType.HEARTBEAT):
+        if m.type in _FROM_LEADER:
             self._become_follower(m.term, m.frm)
             self._step_follower(m)
         elif m.type == my_resp:
@@ -389,6 +428,10 @@ class RaftCore:
             self.election_elapsed = 0
             self.lead = m.frm
             self._on_append(m)
+        elif t == MsgType.SNAPSHOT:
+            self.election_elapsed = 0
+            self.lead = m.frm
+            self._on_snapshot(m)
         elif t == MsgType.HEARTBEAT:
             self.election_elapsed = 0
             self.lead = m.frm
@@ -430,6 +473,21 @@ class RaftCore:
                 context=self._mark(),
             )
         )
+
+    def _on_snapshot(self, m: Message) -> None:
+        snap = m.snapshot
+        assert snap is not None
+        if snap.index > self.log.commit:
+            if self.log.match_term(snap.index, snap.term):
+                # we hold the snapshot's last entry, hence (log matching) everything before it
+                self.log.commit_to(snap.index)
+            else:
+                # etcd/raft-rs do the same: the log is replaced whole, whatever suffix it had
+                self.log.restore(snap.index, snap.term)
+                self.snapshot = snap
+                self._pending_snapshot = snap
+            self._verified = max(self._verified, snap.index)
+        self._send(Message(MsgType.APPEND_RESP, m.frm, self.id, self.term, index=self.log.commit, context=self._mark()))
 
     # ------------------------------------------------------------------ leader
     def _tick_leader(self) -> None:
@@ -483,7 +541,9 @@ class RaftCore:
                 elif was_paused and not pr.is_paused():
                     self._send_append(m.frm, send_if_empty=False)
                 return
-            if pr.state == ProgressState.PROBE:
+            if pr.state == ProgressState.PROBE or (
+                pr.state == ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot
+            ):
                 pr.become_replicate()
             if self._maybe_commit():
                 self._bcast_pending = True
@@ -509,7 +569,12 @@ class RaftCore:
         prev = pr.next - 1
         prev_term = self.log.term(prev)
         if prev_term is None:
-            raise AssertionError(f"leader has no term for index {prev}")
+            if prev >= self.log.offset:
+                raise AssertionError(f"leader has no term for index {prev}")
+            # the entries the follower needs are compacted away: send the snapshot instead
+            self._send(Message(MsgType.SNAPSHOT, to, self.id, self.term, snapshot=self.snapshot))
+            pr.become_snapshot(self.snapshot.index)
+            return True
         hi = min(self.log.last_index() + 1, pr.next + self.cfg.max_entries_per_message)
         ents = self.log.slice(pr.next, hi)
         if not ents and not send_if_empty:
