@@ -20,6 +20,7 @@ from .errors import (
     CommandRejectedError,
     LeadershipLostError,
     NodeNotFoundError,
+    NodeStartupError,
     NotLeaderError,
     RaftError,
     RaftTimeoutError,
@@ -31,6 +32,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncRaftClient", "ClusterUnavailableError", "CommandError", "CommandRejectedError", "Counter",
-    "KVStore", "LeadershipLostError", "NodeNotFoundError", "NotLeaderError", "RaftClient", "RaftCluster",
+    "KVStore", "LeadershipLostError", "NodeNotFoundError", "NodeStartupError", "NotLeaderError", "RaftClient", "RaftCluster",
     "RaftConfig", "RaftError", "RaftTimeoutError", "StateMachine", "UnknownOutcomeError", "__version__",
 ]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import tempfile
 import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import cloudpickle
 import pandas as pd
@@ -15,11 +18,20 @@ import ray
 
 from .client import AsyncRaftClient, RaftClient
 from .config import RaftConfig
-from .errors import ClusterUnavailableError, NodeNotFoundError, RaftTimeoutError
+from .core.messages import SnapshotMeta
+from .errors import ClusterUnavailableError, NodeNotFoundError, NodeStartupError, RaftTimeoutError
 from .node import RaftNode, node_actor_name
 from .state_machines import KVStore
 
 _STATUS_TIMEOUT = 2.0
+#: environment variable naming the default root of node data directories
+DATA_DIR_ENV = "RAFT_ACTORS_DATA_DIR"
+
+
+def default_data_root() -> str:
+    """Where node data lives unless ``data_dir`` says otherwise: ``$RAFT_ACTORS_DATA_DIR``, or
+    ``raft_actors`` in the system's temporary directory (``/tmp/raft_actors`` on Linux)."""
+    return os.environ.get(DATA_DIR_ENV) or os.path.join(tempfile.gettempdir(), "raft_actors")
 
 
 class RaftCluster:
@@ -34,8 +46,9 @@ class RaftCluster:
     """
 
     def __init__(self, name: str, nodes: dict[int, Any], config: RaftConfig, state_machine: bytes,
-                 actor_options: dict[str, Any], owns_ray: bool):
+                 actor_options: dict[str, Any], owns_ray: bool, data_dir: str | None = None):
         self.name = name
+        self.data_dir = data_dir
         self.config = config
         self._nodes = nodes
         self._state_machine = state_machine
@@ -58,8 +71,14 @@ class RaftCluster:
         namespace: str = "raft_actors",
         actor_options: dict[str, Any] | None = None,
         wait_for_leader: float | None = 30.0,
+        storage: Literal["file", "memory"] = "file",
+        data_dir: str | os.PathLike | None = None,
     ) -> RaftCluster:
         """Start ``num_nodes`` node actors and wait until they have elected a leader.
+
+        Each node keeps a write-ahead log and snapshots in ``<data_dir>/node-<id>`` and replays
+        them when it starts, so launching again with the same ``name`` and ``data_dir``
+        recovers a cluster that was stopped or crashed.
 
         Args:
             num_nodes: cluster size (odd sizes make the most of each node).
@@ -72,11 +91,17 @@ class RaftCluster:
             namespace: the Ray namespace when this call starts Ray.
             actor_options: extra ``ray.remote`` options for the node actors.
             wait_for_leader: seconds to wait for the first leader (``None``: don't wait).
+            storage: ``"file"`` (durable, the default) or ``"memory"`` (faster, and a node that
+                restarts has lost everything: it rejoins as a non-voter).
+            data_dir: the cluster's data directory, on the machine of each node (default:
+                ``<default_data_root()>/<name>``).
         """
         if num_nodes < 1:
             raise ValueError("a cluster needs at least one node")
         if not callable(state_machine):
             raise TypeError("state_machine must be a class or a zero-argument factory")
+        if storage not in ("file", "memory"):
+            raise ValueError(f"storage must be 'file' or 'memory', not {storage!r}")
         config = config or RaftConfig()
         owns_ray = False
         if not ray.is_initialized():
@@ -86,11 +111,14 @@ class RaftCluster:
         options = {"num_cpus": 0, "max_restarts": 10, "max_task_retries": 0, "max_concurrency": 10_000}
         options.update(actor_options or {})
         sm = cloudpickle.dumps(state_machine)
-        cluster = cls(name, {}, config, sm, options, owns_ray)
+        root = None
+        if storage == "file":
+            root = os.path.abspath(os.fspath(data_dir)) if data_dir is not None else os.path.join(default_data_root(), name)
+        cluster = cls(name, {}, config, sm, options, owns_ray, root)
         ids = list(range(1, num_nodes + 1))
         try:
             for i in ids:
-                cluster._nodes[i] = cluster._new_actor(i, ids, lost_state=False)
+                cluster._nodes[i] = cluster._new_actor(i, ids, restarted=False)
             cluster._connect_all()
             if wait_for_leader is not None:
                 cluster.leader(timeout=wait_for_leader)
@@ -99,12 +127,17 @@ class RaftCluster:
             raise
         return cluster
 
-    def _new_actor(self, node_id: int, ids: list[int], lost_state: bool) -> Any:
+    def node_data_dir(self, node_id: int) -> str | None:
+        """The data directory of a node (on its machine); ``None`` with in-memory storage."""
+        return None if self.data_dir is None else os.path.join(self.data_dir, f"node-{node_id}")
+
+    def _new_actor(self, node_id: int, ids: list[int], restarted: bool) -> Any:
         actor_cls = ray.remote(RaftNode).options(name=node_actor_name(self.name, node_id), **self._actor_options)
         deadline = time.monotonic() + 10
         while True:
             try:
-                return actor_cls.remote(node_id, ids, self.config, self._state_machine, lost_state, self.name)
+                return actor_cls.remote(node_id, ids, self.config, self._state_machine, False, self.name,
+                                        self.node_data_dir(node_id), restarted)
             except ray.exceptions.ActorAlreadyExistsError:
                 # the name of an actor that just died is released a moment later
                 if time.monotonic() > deadline:
@@ -172,7 +205,8 @@ class RaftCluster:
         return out
 
     def status(self) -> pd.DataFrame:
-        """One row per node: role, term, leader, commit index, applied index, log length.
+        """One row per node: role, term, leader, commit index, applied index, log length,
+        latest snapshot index, entries held in memory and bytes of storage.
 
         A node that does not answer (killed, restarting) shows role ``dead`` or ``unreachable``.
         """
@@ -182,10 +216,11 @@ class RaftCluster:
                 role = "dead" if i in self._dead else "unreachable"
                 st = {"node": i, "role": role}
             rows.append(st)
-        cols = ["node", "role", "term", "leader", "commit_index", "applied_index", "log_length"]
+        cols = ["node", "role", "term", "leader", "commit_index", "applied_index", "log_length", "snapshot_index",
+                "log_entries", "storage_bytes"]
         df = pd.DataFrame(rows)
         df = df[[c for c in cols if c in df.columns] + [c for c in df.columns if c not in cols]]
-        ints = [c for c in ("term", "leader", "commit_index", "applied_index", "log_length", "pid") if c in df.columns]
+        ints = [c for c in cols[2:] + ["pid"] if c in df.columns]
         return df.astype({c: "Int64" for c in ints}).set_index("node")
 
     def leader(self, timeout: float = 10.0) -> int:
@@ -210,7 +245,9 @@ class RaftCluster:
 
     # ------------------------------------------------------------------ faults
     def kill(self, node_id: int) -> None:
-        """Kill a node's process for good (until :meth:`restart`); its in-memory state is lost."""
+        """Kill a node's process abruptly, for good (until :meth:`restart`).
+
+        What it had synced to disk stays; with in-memory storage, everything is lost."""
         self._check(node_id)
         ray.kill(self._nodes[node_id], no_restart=True)
         self._dead.add(node_id)
@@ -223,14 +260,16 @@ class RaftCluster:
     def restart(self, node_id: int, timeout: float = 30.0) -> None:
         """Bring a killed node back (or crash and restart a live one) and wait until it answers.
 
-        With in-memory storage the node comes back empty. Having forgotten its votes and the
-        entries it acknowledged, it rejoins as a *non-voter*: it receives and applies the log and
-        serves reads, but never votes, campaigns or counts toward a quorum, so what it forgot
-        cannot break safety.
+        The node replays its write-ahead log and snapshot and rejoins as what it was.
 
-        Warning: each restart therefore costs the cluster a voter for good (until membership
-        changes can re-admit it). Restarting a majority of a cluster's nodes, even one at a
-        time, leaves it unable to elect a leader again.
+        A node that comes back with no state at all (in-memory storage, or a wiped data
+        directory) has forgotten its votes and the entries it acknowledged: it rejoins as a
+        *non-voter*. It receives and applies the log and serves reads, but never votes,
+        campaigns or counts toward a quorum, so what it forgot cannot break safety. Each such
+        restart costs the cluster a voter for good (until membership changes can re-admit it).
+
+        Raises :class:`~raft_actors.errors.NodeStartupError` if the node cannot start, e.g.
+        because its write-ahead log is corrupt (the message names the file and offset).
         """
         self._check(node_id)
         if node_id not in self._dead:
@@ -243,7 +282,7 @@ class RaftCluster:
         if node_id in self._dead:
             with contextlib.suppress(ray.exceptions.RayError, ValueError):
                 ray.kill(self._nodes[node_id], no_restart=True)  # releases the name of one that died alone
-            self._nodes[node_id] = self._new_actor(node_id, self.node_ids, lost_state=True)
+            self._nodes[node_id] = self._new_actor(node_id, self.node_ids, restarted=True)
             self._dead.discard(node_id)
             self._connect_all()
         else:
@@ -253,6 +292,12 @@ class RaftCluster:
             try:
                 ray.get(self._nodes[node_id].ping.remote(), timeout=max(0.1, deadline - time.monotonic()))
                 return
+            except ray.exceptions.ActorDiedError as exc:
+                self._dead.add(node_id)
+                cause = _startup_error(node_id, exc)
+                if cause is not None:
+                    raise cause from exc
+                raise
             except (ray.exceptions.RayError, TimeoutError):
                 if time.monotonic() >= deadline:
                     raise RaftTimeoutError(f"node {node_id} did not come back within {timeout}s") from None
@@ -303,14 +348,33 @@ class RaftCluster:
                 raise RaftTimeoutError(f"leadership did not move to node {to} within {timeout}s")
             time.sleep(self.config.tick_interval)
 
+    def snapshot(self, node_id: int | None = None) -> dict[int, SnapshotMeta | None]:
+        """Make nodes (all live ones by default) snapshot their state machine and compact their
+        log now, as they do by themselves past ``RaftConfig.snapshot_entries``."""
+        if node_id is not None:
+            self._check(node_id)
+            return {node_id: ray.get(self._nodes[node_id].take_snapshot.remote(), timeout=_STATUS_TIMEOUT * 30)}
+        return self._call_all(lambda i, h: h.take_snapshot.remote())
+
+    def reset_metrics(self) -> None:
+        """Restart the nodes' storage statistics (``sync_ms_p50`` ... in :meth:`status`)."""
+        self._call_all(lambda i, h: h.reset_metrics.remote())
+
     # ------------------------------------------------------------------ lifecycle
-    def shutdown(self) -> None:
-        """Kill every node actor (and Ray itself, if :meth:`launch` started it)."""
+    def shutdown(self, delete_data: bool = False) -> None:
+        """Kill every node actor (and Ray itself, if :meth:`launch` started it).
+
+        The nodes' data stays on disk (launch again with the same ``name`` and ``data_dir`` to
+        recover the cluster) unless ``delete_data`` is true.
+        """
         if self._closed:
             return
         self._closed = True
         for c in list(self._clients):
             c.close()
+        if delete_data and self.data_dir is not None:
+            self._call_all(lambda i, h: h.destroy_data.remote())
+            shutil.rmtree(self.data_dir, ignore_errors=True)  # what dead nodes left on this machine
         for h in self._nodes.values():
             with contextlib.suppress(ray.exceptions.RayError, ValueError):
                 ray.kill(h, no_restart=True)
@@ -331,3 +395,15 @@ class RaftCluster:
     def _check_open(self) -> None:
         if self._closed:
             raise ClusterUnavailableError(f"cluster {self.name} has been shut down")
+
+
+
+def _startup_error(node_id: int, exc: ray.exceptions.ActorDiedError) -> NodeStartupError | None:
+    """A typed error for a node actor whose constructor raised (Ray keeps only the text)."""
+    if not exc.actor_init_failed:
+        return None
+    text = str(exc)
+    # keep the original exception's last line, e.g. "CorruptStorageError: <file>: offset N: ..."
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    summary = next((ln for ln in reversed(lines) if "Error:" in ln), lines[-1] if lines else text)
+    return NodeStartupError(f"node {node_id} failed to start: {summary}")

@@ -40,6 +40,8 @@ class RaftConfig:
     keep_entries: int = 5_000
     #: a snapshot travels to a lagging follower in chunks of this many bytes, one at a time
     snapshot_chunk_bytes: int = 2**20
+    #: the write-ahead log is cut into files of about this size; compaction deletes whole files
+    wal_segment_bytes: int = 16 * 2**20
 
     def __post_init__(self) -> None:
         if self.tick_interval <= 0:
@@ -52,5 +54,5 @@ class RaftConfig:
             raise ValueError("request_timeout must be positive")
         if min(self.snapshot_entries, self.snapshot_bytes, self.keep_entries) < 0:
             raise ValueError("snapshot_entries, snapshot_bytes and keep_entries must be >= 0")
-        if self.snapshot_chunk_bytes < 1:
-            raise ValueError("snapshot_chunk_bytes must be >= 1")
+        if self.snapshot_chunk_bytes < 1 or self.wal_segment_bytes < 1:
+            raise ValueError("snapshot_chunk_bytes and wal_segment_bytes must be >= 1")

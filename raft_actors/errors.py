@@ -45,6 +45,11 @@ class ClusterUnavailableError(RaftError):
     """No node of the cluster can be reached (it is shut down, or every node is dead)."""
 
 
+class NodeStartupError(RaftError):
+    """A node could not start; the message carries the cause (a corrupt write-ahead log names
+    the file and offset: see the README on recovering such a node)."""
+
+
 class CommandRejectedError(RaftError, ValueError):
     """The command was refused before it entered the log: malformed, unknown or not picklable."""
 

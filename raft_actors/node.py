@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import random
+import shutil
 import warnings
 from typing import Any
 
@@ -17,11 +18,13 @@ import cloudpickle
 import ray
 
 from .config import RaftConfig
-from .core import NotLeader
+from .core import Message, MsgType, NotLeader
+from .core.messages import SnapshotMeta
 from .envelope import Outcome, dumps, encode_outcomes, loads
 from .errors import CommandRejectedError, NotLeaderError
 from .replica import Replica
-from .storage import MemoryStorage
+from .storage import FileStorage, MemoryStorage
+from .storage.metered import MeteredStorage
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -36,25 +39,43 @@ class RaftNode:
         config: protocol and timing settings.
         state_machine: cloudpickled zero-argument factory of the state machine (usually a class).
         lost_state: this node had state before and lost it; it rejoins as a non-voter (see
-            ``RaftCore``). Also set when Ray restarts the actor, because the in-memory storage
-            died with the old process.
+            ``RaftCore``).
         cluster_name: peers are named actors ``node_actor_name(cluster_name, id)``; a node
             finds them by name when it has no handle (after a restart).
+        data_dir: the node's directory for its write-ahead log and snapshots
+            (:class:`~raft_actors.storage.FileStorage`); ``None`` keeps everything in memory.
+            The node replays what it finds there.
+        restarted: this node ran before (the driver restarts it). A node that ran before, or
+            that Ray restarted, and finds no state at all has lost it: it rejoins as a non-voter.
+            With in-memory storage that is every restart.
     """
 
     def __init__(self, node_id: int, voters: list[int], config: RaftConfig, state_machine: bytes,
-                 lost_state: bool = False, cluster_name: str = ""):
+                 lost_state: bool = False, cluster_name: str = "", data_dir: str | None = None,
+                 restarted: bool = False):
         with warnings.catch_warnings():  # Ray's property trips its own deprecation warning
             warnings.simplefilter("ignore", DeprecationWarning)
             reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
         self.node_id = node_id
         self.config = config
         self.cluster_name = cluster_name
-        self.transport = Transport(node_id, self._lookup_peer, self._on_reply)
-        self.replica = Replica(
-            node_id, voters, config, MemoryStorage(), cloudpickle.loads(state_machine)(),
-            random.Random(), lost_state=lost_state or reconstructed,
+        self.data_dir = data_dir
+        self.storage = MeteredStorage(
+            FileStorage(data_dir, segment_bytes=config.wal_segment_bytes) if data_dir else MemoryStorage()
         )
+        storage = self.storage
+        lost = lost_state or ((reconstructed or restarted) and storage.is_empty())
+        self.replica = Replica(
+            node_id, voters, config, storage, cloudpickle.loads(state_machine)(), random.Random(), lost_state=lost,
+        )
+        self.transport = Transport(
+            node_id, self._lookup_peer, self._on_reply, snapshot_source=self.replica.snapshot_to_send,
+            on_snapshot_done=self._on_snapshot_done, chunk_bytes=config.snapshot_chunk_bytes,
+        )
+        self._snapshots_in: dict[int, tuple[int, SnapshotMeta, bytearray]] = {}  # sender -> (term, meta, data so far)
+        self.snapshot_chunks_received = 0
+        self.snapshots_received = 0
+        self._closed = False
         self._kick = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._tick_loop()), loop.create_task(self._ready_loop())]
@@ -84,7 +105,8 @@ class RaftNode:
             self._guard(self._process_ready)
 
     def _process_ready(self) -> None:
-        self.transport.send(self.replica.process_ready())
+        if not self._closed:
+            self.transport.send(self.replica.process_ready())
 
     def _guard(self, fn: Any) -> None:
         try:
@@ -105,9 +127,41 @@ class RaftNode:
         Handles them at once (persisting before anything is sent) and returns this node's
         messages for ``sender`` as one pickled batch; others go out through the transport.
         """
-        if not self.transport.allows(sender):
+        if self._closed or not self.transport.allows(sender):
             return None
         self._step_all(payload)
+        return self._answer(sender)
+
+    async def receive_snapshot(self, sender: int, term: int, meta: SnapshotMeta, offset: int, size: int,
+                               chunk: bytes, done: bool) -> bytes | bool | None:
+        """One chunk of the leader's snapshot (InstallSnapshot), sent in order, one at a time.
+
+        Returns ``True`` for a chunk taken, ``False`` for one out of order (the sender gives up
+        and the leader sends the snapshot again later); the last chunk installs the snapshot and
+        returns this node's answer, as :meth:`receive` does.
+        """
+        if self._closed or not self.transport.allows(sender):
+            return None
+        if offset == 0:
+            self._snapshots_in[sender] = (term, meta, bytearray())
+        got = self._snapshots_in.get(sender)
+        if got is None or got[0] != term or got[1] != meta or len(got[2]) != offset:
+            self._snapshots_in.pop(sender, None)
+            return False
+        got[2].extend(chunk)
+        self.snapshot_chunks_received += 1
+        if not done:
+            return True
+        del self._snapshots_in[sender]
+        if len(got[2]) != size:
+            return False
+        self.snapshots_received += 1
+        msg = Message(MsgType.SNAPSHOT, self.node_id, sender, term, snapshot=meta)
+        self._guard(lambda: self.replica.install_snapshot(msg, bytes(got[2])))
+        return self._answer(sender) or dumps([])
+
+    def _answer(self, sender: int) -> bytes | None:
+        """Process what is ready; this node's messages for ``sender`` come back as one batch."""
         replies: list = []
 
         def handle() -> None:
@@ -119,8 +173,14 @@ class RaftNode:
         replies = self.transport.faulty(replies)
         return dumps(replies) if replies else None
 
+    def _on_snapshot_done(self, peer: int, delivered: bool, reply: bytes | None) -> None:
+        if reply is not None:
+            self._on_reply(peer, reply)
+        self._guard(lambda: self.replica.report_snapshot(peer, delivered))
+        self._kick.set()
+
     def _on_reply(self, sender: int, payload: bytes) -> None:
-        if self.transport.allows(sender):
+        if not self._closed and self.transport.allows(sender):
             self._step_all(payload)
             self._kick.set()
 
@@ -136,6 +196,8 @@ class RaftNode:
         Returns the pickled list of :class:`~raft_actors.envelope.Outcome`, one per request.
         """
         requests = loads(payload)
+        if self._closed:
+            return encode_outcomes([Outcome(False, NotLeaderError(0, "the node is shutting down"))] * len(requests))
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in requests]
         try:
@@ -180,6 +242,10 @@ class RaftNode:
         st = self.replica.status()
         st["pid"] = os.getpid()
         st["blocked"] = sorted(self.transport.blocked)
+        st.update(self.storage.stats())
+        st["rss_bytes"] = _rss_bytes()
+        st["snapshots_received"] = self.snapshots_received
+        st["snapshot_chunks_received"] = self.snapshot_chunks_received
         return st
 
     async def set_faults(self, blocked: list[int] | None = None, drop_rate: float | None = None,
@@ -197,6 +263,30 @@ class RaftNode:
     async def ping(self) -> int:
         return self.node_id
 
+    async def reset_metrics(self) -> None:
+        """Start the storage's sync statistics afresh (benchmarks measure one phase at a time)."""
+        self.storage.reset()
+
+    async def take_snapshot(self) -> SnapshotMeta | None:
+        """Snapshot the state machine and compact the log now (see ``Replica.take_snapshot``)."""
+        meta: list[SnapshotMeta | None] = [None]
+
+        def snap() -> None:
+            meta[0] = self.replica.take_snapshot()
+
+        self._guard(snap)
+        return meta[0]
+
+    async def destroy_data(self) -> None:
+        """Stop this node and delete its data directory (the node is about to be killed)."""
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        self.replica.fail_all(NotLeaderError(0, "the node is shutting down"))
+        self.replica.storage.close()
+        if self.data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
     async def crash(self) -> None:
         """Die abruptly, as a crashed process would (Ray restarts the actor if allowed)."""
         os._exit(1)
@@ -205,6 +295,17 @@ class RaftNode:
 def node_actor_name(cluster_name: str, node_id: int) -> str:
     """The Ray actor name of a cluster's node."""
     return f"{cluster_name}-node-{node_id}"
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory (Linux ``/proc``; elsewhere the peak, from ``getrusage``)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _resolver(future: asyncio.Future) -> Any:

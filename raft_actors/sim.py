@@ -32,7 +32,11 @@ from .errors import NotLeaderError
 from .linearizability import Operation
 from .replica import FOLLOWER, LINEARIZABLE, Replica
 from .state_machines import KVStore
-from .storage import MemoryStorage
+from .storage.file import FileStorage
+from .storage.simdisk import SimCrash, SimDisk
+
+#: each simulated node keeps its data here, on its own simulated disk
+_DATA_DIR = "/data"
 
 #: a workload returns ("write", command) or ("read", query) for a client, given the sim's rng
 Workload = Callable[[random.Random, int, int], tuple[str, Any]]
@@ -73,6 +77,9 @@ class Faults:
     crash_every: int | None = 900
     #: how long a crashed node stays down, at most
     max_downtime: int = 400
+    #: chance that a crash strikes in the middle of the node's next persist steps (at a random
+    #: file operation, before or after it), and the disk keeps only part of what was not fsynced
+    torn_crash: float = 0.5
     #: chance that a crash also destroys the node's storage (it then rejoins as a non-voter);
     #: never so many that fewer than a majority of voters remain
     lose_storage: float = 0.0
@@ -163,7 +170,9 @@ class Simulator:
         self.now = 0
         self._events: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = 0
-        self.storages = {i: MemoryStorage() for i in self.ids}
+        # each node runs the real write-ahead log on a simulated disk that loses unsynced writes
+        self.disks = {i: SimDisk(random.Random(self.rng.getrandbits(64))) for i in self.ids}
+        self.lost_storage: set[int] = set()
         self.nodes: dict[int, Replica | None] = {}
         self.cut: set[tuple[int, int]] = set()  # (from, to) links that carry nothing
         self.clients = [_Client(1000 + c) for c in range(num_clients)]
@@ -175,7 +184,8 @@ class Simulator:
         self._seen_commit: dict[int, int] = {}
         self._seen_applied: dict[int, int] = {}
         self._acked: list[tuple[int, int]] = []
-        self.stats = {"messages": 0, "dropped": 0, "crashes": 0, "partitions": 0, "elections": 0, "snapshots": 0}
+        self.stats = {"messages": 0, "dropped": 0, "crashes": 0, "torn_crashes": 0, "partitions": 0, "elections": 0,
+                      "snapshots": 0}
         self.faults_on = True
         self.clients_on = True
         for i in self.ids:
@@ -209,6 +219,7 @@ class Simulator:
         self.clients_on = False
         self.cut = set()
         for i in self.ids:
+            self.disks[i].disarm()
             if self.nodes[i] is None:
                 self._start_node(i)
         self._run_until(duration + settle)
@@ -221,8 +232,11 @@ class Simulator:
 
     # ------------------------------------------------------------------ nodes
     def _start_node(self, i: int) -> None:
+        disk = self.disks[i]
+        disk.disarm()
+        storage = FileStorage(_DATA_DIR, fs=disk, segment_bytes=2048)  # small: segments roll and get deleted
         node = Replica(
-            i, self.ids, self.cfg, self.storages[i], self.sm_factory(),
+            i, self.ids, self.cfg, storage, self.sm_factory(),
             random.Random(self.rng.getrandbits(64)), observer=self._observe,
         )
         self.nodes[i] = node
@@ -232,13 +246,31 @@ class Simulator:
 
     def _tick(self, i: int) -> None:
         node = self.nodes[i]
-        if node is not None:
-            node.tick()
+        if node is not None and self._guard(node, node.tick):
             self._flush(node)
         self._at(self.tick_ms, lambda: self._tick(i))
 
+    def _guard(self, node: Replica, fn: Callable[[], Any]) -> bool:
+        """Run ``fn`` on ``node``; an internal check that fails is a violation and the node
+        stops (as a real node does: fail-stop). Returns whether the node is still up."""
+        try:
+            fn()
+            return True
+        except AssertionError as exc:
+            self._violation(f"node {node.id} failed an internal check: {exc}")
+            self._crash(node.id)
+            return False
+
     def _flush(self, node: Replica) -> None:
-        for m in node.process_ready():
+        out: list[Message] = []
+        try:
+            if not self._guard(node, lambda: out.extend(node.process_ready())):
+                return
+        except SimCrash:
+            self.stats["torn_crashes"] += 1
+            self._crash(node.id)
+            return
+        for m in out:
             self._send(m)
 
     def _crash_someone(self) -> None:
@@ -249,19 +281,35 @@ class Simulator:
         if len(up) > len(self.ids) // 2 + 1 or (len(self.ids) <= 2 and up):
             leaders = [j for j in up if (n := self.nodes[j]) is not None and n.core.role == Role.LEADER]
             i = self.rng.choice(leaders if leaders and self.rng.random() < self.faults.target_leader else up)
-            node = self.nodes[i]
-            assert node is not None
-            node.fail_all(NotLeaderError(0, "node crashed"))
-            self.nodes[i] = None
-            self.stats["crashes"] += 1
-            # a node that lost its storage never votes again: keep enough voters for liveness
-            lost = sum(st.hard_state.lost_state for st in self.storages.values())
-            if self.rng.random() < self.faults.lose_storage and lost + 1 <= len(self.ids) - (len(self.ids) // 2 + 1):
-                # the disk is gone: the node comes back empty, marked as having lost its state
-                self.storages[i] = MemoryStorage()
-                self.storages[i].set_hard_state(HardState(lost_state=True))
-            self._at(1 + self.rng.randrange(self.faults.max_downtime), lambda: self._restart(i))
+            if self.rng.random() < self.faults.torn_crash:
+                # strike during one of the next file operations; if none comes soon, crash anyway
+                self.disks[i].arm(1 + self.rng.randrange(8))
+                self._at(1 + self.rng.randrange(100), lambda: self._crash(i) if self.disks[i].armed else None)
+            else:
+                self._crash(i)
         self._at(self._exp(self.faults.crash_every or 1), self._crash_someone)
+
+    def _crash(self, i: int) -> None:
+        node = self.nodes[i]
+        if node is None:
+            return
+        node.fail_all(NotLeaderError(0, "node crashed"))
+        self.nodes[i] = None
+        self.stats["crashes"] += 1
+        disk = self.disks[i]
+        disk.crash()  # what was not fsynced is lost, or partly written
+        # a node that lost its storage never votes again: keep enough voters for liveness
+        quorum = len(self.ids) // 2 + 1
+        if (self.rng.random() < self.faults.lose_storage and i not in self.lost_storage
+                and len(self.lost_storage) + 1 <= len(self.ids) - quorum):
+            # the disk is gone: the node comes back empty, marked as having lost its state
+            disk.wipe()
+            fresh = FileStorage(_DATA_DIR, fs=disk)
+            fresh.set_hard_state(HardState(lost_state=True))
+            fresh.sync()
+            fresh.close()
+            self.lost_storage.add(i)
+        self._at(1 + self.rng.randrange(self.faults.max_downtime), lambda: self._restart(i))
 
     def _restart(self, i: int) -> None:
         if self.nodes[i] is None:
@@ -312,8 +360,8 @@ class Simulator:
         node = self.nodes[m.to]
         if node is None or (m.frm, m.to) in self.cut:
             return
-        node.step(m)
-        self._flush(node)
+        if self._guard(node, lambda: node.step(m)):
+            self._flush(node)
 
     def _send_snapshot(self, m: Message) -> None:
         """The shell's part of InstallSnapshot: read the sender's latest snapshot, carry it over

@@ -7,12 +7,18 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 import ray
 
-from .core import Message
+from .core import Message, MsgType
+from .core.messages import SnapshotMeta
 from .envelope import dumps
+
+#: where a node's latest snapshot comes from: ``(meta, size, reader)`` or ``None``
+SnapshotSource = Callable[[], "tuple[SnapshotMeta, int, BinaryIO] | None"]
+#: told how sending a snapshot to a peer ended: ``(peer, delivered, the peer's reply batch)``
+SnapshotDone = Callable[[int, bool, "bytes | None"], None]
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +33,14 @@ class Transport:
     in the next call (one pickled ``bytes`` argument). At most ``max_calls`` calls per peer are
     in flight at once. Raft tolerates loss, duplication and reordering, so a failed call is
     simply dropped. The peer answers with its messages for this node as the call's return value
-    (``on_reply``), which saves a Ray call per round trip. A peer without a handle (this actor was restarted, or the peer was
-    replaced) is looked up through ``resolve`` (by actor name), at most every half second.
+    (``on_reply``), which saves a Ray call per round trip. A peer without a handle (this actor
+    was restarted, or the peer was replaced) is looked up through ``resolve`` (by actor name),
+    at most every half second.
+
+    A ``SNAPSHOT`` message is not queued: the node's latest snapshot (``snapshot_source``) is
+    streamed to the peer in chunks of ``chunk_bytes``, one call at a time, each answered before
+    the next goes, so a large state never holds up the heartbeats that travel beside it. How
+    it ended goes to ``on_snapshot_done``.
 
     Fault injection for tests and benchmarks: :meth:`block` cuts this node off from some peers
     (both directions, with :meth:`allows` on the receiving side), ``drop_rate`` loses messages
@@ -38,8 +50,13 @@ class Transport:
 
     def __init__(self, node_id: int, resolve: Callable[[int], Any] | None = None,
                  on_reply: Callable[[int, bytes], None] | None = None, max_calls: int = 4, max_queue: int = 10_000,
-                 call_timeout: float = 5.0):
+                 call_timeout: float = 5.0, snapshot_source: SnapshotSource | None = None,
+                 on_snapshot_done: SnapshotDone | None = None, chunk_bytes: int = 2**20):
         self.node_id = node_id
+        self._snapshot_source = snapshot_source
+        self._on_snapshot_done = on_snapshot_done
+        self.chunk_bytes = chunk_bytes
+        self._streaming: set[int] = set()  # peers a snapshot is on its way to
         self.call_timeout = call_timeout
         self._on_reply = on_reply
         self.peers: dict[int, Any] = {}
@@ -83,6 +100,9 @@ class Transport:
 
     def send(self, messages: list[Message]) -> None:
         for m in self.faulty(messages):
+            if m.type == MsgType.SNAPSHOT:
+                self._start_snapshot(m)
+                continue
             q = self._queues.setdefault(m.to, [])
             if len(q) >= self.max_queue:
                 del q[: len(q) // 2]  # a peer that is gone must not eat all memory
@@ -112,6 +132,52 @@ class Transport:
         task = asyncio.get_running_loop().create_task(self._call(peer, handle, batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _start_snapshot(self, m: Message) -> None:
+        if m.to in self._streaming:
+            return  # one at a time per peer; the core waits for the report of that one
+        self._streaming.add(m.to)
+        task = asyncio.get_running_loop().create_task(self._stream_snapshot(m))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stream_snapshot(self, m: Message) -> None:
+        peer, delivered, reply = m.to, False, None
+        try:
+            found = self._snapshot_source() if self._snapshot_source is not None else None
+            handle = self._handle(peer)
+            if found is None or handle is None:
+                return
+            meta, size, reader = found
+            with reader:
+                offset = 0
+                while True:
+                    chunk = reader.read(self.chunk_bytes)
+                    done = offset + len(chunk) >= size
+                    if not chunk and not done:
+                        raise OSError(f"snapshot file ended at {offset} of {size} bytes")
+                    if peer in self.blocked:
+                        return
+                    self.sent_calls += 1
+                    answer = await asyncio.wait_for(
+                        handle.receive_snapshot.remote(self.node_id, m.term, meta, offset, size, chunk, done),
+                        self.call_timeout,
+                    )
+                    if done:
+                        delivered, reply = isinstance(answer, bytes), answer
+                        return
+                    if answer is not True:
+                        return  # the peer lost the earlier chunks (it restarted) or cut us off: later
+                    offset += len(chunk)
+        except (ray.exceptions.RayError, asyncio.CancelledError, TimeoutError, OSError):
+            self.failed_calls += 1
+        except Exception:  # never let a transfer take the node down
+            self.failed_calls += 1
+            log.exception("sending a snapshot to node %s failed", peer)
+        finally:
+            self._streaming.discard(peer)
+            if self._on_snapshot_done is not None:
+                self._on_snapshot_done(peer, delivered, reply if isinstance(reply, bytes) else None)
 
     async def _call(self, peer: int, handle: Any, batch: list[Message]) -> None:
         try:

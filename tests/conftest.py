@@ -21,20 +21,22 @@ def ray_session() -> Iterator[None]:
 
 
 @pytest.fixture
-def cluster_factory(ray_session: None) -> Iterator[Callable]:
-    """Launch clusters for one test; every one of them is shut down afterwards."""
+def cluster_factory(ray_session: None, tmp_path) -> Iterator[Callable]:
+    """Launch clusters for one test (data under the test's tmp_path); every one of them is shut
+    down afterwards and its data deleted."""
     from raft_actors import RaftCluster
 
     launched = []
 
     def launch(**kwargs):
+        kwargs.setdefault("data_dir", tmp_path / f"cluster-{len(launched)}")
         c = RaftCluster.launch(**kwargs)
         launched.append(c)
         return c
 
     yield launch
     for c in launched:
-        c.shutdown()
+        c.shutdown(delete_data=True)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> object:

@@ -48,10 +48,10 @@ class Quirky:
 
 
 @pytest.fixture(scope="module")
-def quirky(ray_session: None):
-    cluster = RaftCluster.launch(num_nodes=3, state_machine=Quirky)
+def quirky(ray_session: None, tmp_path_factory):
+    cluster = RaftCluster.launch(num_nodes=3, state_machine=Quirky, data_dir=tmp_path_factory.mktemp("quirky"))
     yield cluster
-    cluster.shutdown()
+    cluster.shutdown(delete_data=True)
 
 
 def test_user_code_that_exits_or_returns_unpicklable_values_gets_command_errors(quirky) -> None:

@@ -267,7 +267,7 @@ def test_leadership_transfer(cluster_factory) -> None:
 
 
 def test_killed_node_restarts_empty_as_a_non_voter_and_never_counts(cluster_factory) -> None:
-    cluster = cluster_factory(num_nodes=3)
+    cluster = cluster_factory(num_nodes=3, storage="memory")
     client = cluster.client()
     for i in range(10):
         client.submit(put(f"k{i}", i))

@@ -1,0 +1,1 @@
+"""Benchmarks of raft_actors, run from Python or the command line; each returns a pandas DataFrame."""
