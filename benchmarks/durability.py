@@ -179,6 +179,72 @@ def long_run(ops: int = 1_000_000, snapshot_entries: int = 100_000, keys: int = 
     return df
 
 
+def _ping_while(handle: Any, busy: threading.Event, out: list[float]) -> None:
+    """Round trips to ``handle`` back to back while ``busy`` is set (how long its loop stalls)."""
+    while busy.is_set():
+        t = time.perf_counter()
+        ray.get(handle.ping.remote())
+        out.append(time.perf_counter() - t)
+
+
+def large_snapshot(state_mib: int = 100, chunk_mib: float = 1.0) -> pd.DataFrame:
+    """A follower that was down while ``state_mib`` MiB were written catches up by a snapshot
+    streamed in chunks: how long taking and sending it take, and whether the leader's loop (its
+    heartbeats) stalls meanwhile, seen as the round trip of calls to it, and any election."""
+    cfg = RaftConfig(snapshot_entries=0, snapshot_bytes=0, keep_entries=0, snapshot_chunk_bytes=int(chunk_mib * 2**20))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, RaftCluster.launch(3, KVStore, cfg, data_dir=tmp) as cl:
+        leader = cl.leader()
+        lh = cl.handle(leader)
+        victim = _followers(cl)[0]
+        cl.kill(victim)
+        client = cl.client()
+        value = os.urandom(2**20)
+        for i in range(state_mib):
+            client.submit(put(f"big{i}", value))
+        idle: list[float] = []
+        on = threading.Event()
+        on.set()
+        pinger = threading.Thread(target=_ping_while, args=(lh, on, idle))
+        pinger.start()
+        time.sleep(2)
+        on.clear()
+        pinger.join()
+        term0 = int(cl.status().loc[leader, "term"])
+        for phase in ("take snapshot", "send + install snapshot"):
+            pings: list[float] = []
+            on.set()
+            pinger = threading.Thread(target=_ping_while, args=(lh, on, pings))
+            pinger.start()
+            t = time.perf_counter()
+            if phase == "take snapshot":
+                cl.snapshot(leader)
+            else:
+                cl.restart(victim)
+                while True:
+                    st = cl.status()
+                    if st["applied_index"].notna().all() and st["applied_index"].nunique() == 1:
+                        break
+                    time.sleep(0.02)
+            took = time.perf_counter() - t
+            on.clear()
+            pinger.join()
+            st = cl.status()
+            rows.append({
+                "phase": phase, "state_MiB": state_mib, "chunk_MiB": chunk_mib, "seconds": took,
+                "leader_ping_ms_idle_p50": statistics.median(idle) * 1e3,
+                "leader_ping_ms_p50": statistics.median(pings) * 1e3 if pings else float("nan"),
+                "leader_ping_ms_max": max(pings) * 1e3 if pings else float("nan"),
+                "elections": int(st["term"].max()) - term0,
+                "chunks_received": int(st.loc[victim, "snapshot_chunks_received"]) if phase != "take snapshot" else 0,
+                "snapshot_MiB": st.loc[leader, "storage_bytes"] / 2**20,
+                **({k: st.loc[leader, k] for k in ("snapshot_prepare_ms", "snapshot_write_ms", "snapshot_finish_ms")}
+                   if phase == "take snapshot" else {}),
+            })
+        cl.shutdown(delete_data=True)
+    return pd.DataFrame(rows)
+
+
 def compaction_table(df: pd.DataFrame) -> pd.DataFrame:
     """For each compaction seen by the leader: disk, log entries and memory just before and
     just after it."""
@@ -237,28 +303,35 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes: about a minute")
     p.add_argument("--out", default="benchmark-results/durability", help="directory for CSV, JSON and plots")
+    p.add_argument("--only", choices=["fsync", "recovery", "large_snapshot", "long_run"], help="run one benchmark")
     a = p.parse_args(argv)
     ops, entries, seconds = (100_000, 20_000, 3.0) if a.quick else (1_000_000, 100_000, 5.0)
     os.makedirs(a.out, exist_ok=True)
     ray.init(include_dashboard=False, log_to_driver=False)
     config = {"ops": ops, "recovery_entries": entries, "throughput_seconds": seconds, "value_bytes": 16,
-              "snapshot_entries": 100_000 if not a.quick else 20_000}
+              "snapshot_entries": 100_000 if not a.quick else 20_000, "snapshot_state_mib": 10 if a.quick else 100}
     results: dict[str, pd.DataFrame] = {}
-    results["fsync"] = fsync_cost(seconds)
-    _show("fsync per committed batch vs the Ray round trip", results["fsync"])
-    results["recovery"] = recovery_time(entries)
-    _show(f"recovery of a node with {entries:,} entries", results["recovery"])
-    run = long_run(ops, snapshot_entries=config["snapshot_entries"])
-    results["long_run"] = run
-    results["compactions"] = compaction_table(run)
-    _show(f"disk and memory around each compaction ({ops:,} ops in {run.attrs['seconds']:.0f} s)",
-          results["compactions"])
+    want = {a.only} if a.only else {"fsync", "recovery", "large_snapshot", "long_run"}
+    if "fsync" in want:
+        results["fsync"] = fsync_cost(seconds)
+        _show("fsync per committed batch vs the Ray round trip", results["fsync"])
+    if "recovery" in want:
+        results["recovery"] = recovery_time(entries)
+        _show(f"recovery of a node with {entries:,} entries", results["recovery"])
+    if "large_snapshot" in want:
+        results["large_snapshot"] = large_snapshot(config["snapshot_state_mib"])
+        _show("a follower catches up by a large snapshot", results["large_snapshot"])
+    if "long_run" in want:
+        run = results["long_run"] = long_run(ops, snapshot_entries=config["snapshot_entries"])
+        results["compactions"] = compaction_table(run)
+        _show(f"disk and memory around each compaction ({ops:,} ops in {run.attrs['seconds']:.0f} s)",
+              results["compactions"])
+        if _plot(run, os.path.join(a.out, "long_run.png")):
+            print(f"\nplot: {os.path.join(a.out, 'long_run.png')}")
     for name, df in results.items():
         df.to_csv(os.path.join(a.out, f"{name}.csv"), index=False)
     with open(os.path.join(a.out, "run.json"), "w") as f:
         json.dump({"config": config, "environment": environment()}, f, indent=2)
-    if _plot(run, os.path.join(a.out, "long_run.png")):
-        print(f"\nplot: {os.path.join(a.out, 'long_run.png')}")
     print(f"results: {a.out}/")
     ray.shutdown()
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import struct
 from typing import Any
 
 import cloudpickle
@@ -11,7 +12,8 @@ from .core.messages import Entry, EntryKind
 from .envelope import Outcome, decode_request, picklable_outcome
 from .errors import CommandError, CommandRejectedError, UnknownOutcomeError
 
-_SNAPSHOT_FORMAT = 1
+_SNAPSHOT_MAGIC = b"RASM0001"  # a raft_actors state machine snapshot, format 1
+_SNAPSHOT_HEAD = struct.Struct("<8sQ")
 
 
 class _Session:
@@ -64,8 +66,10 @@ class Applier:
             session.results = {s: o for s, o in session.results.items() if s >= req.ack}
         return out
 
-    def snapshot(self) -> bytes:
-        """The state machine's state and the session table, as of :attr:`applied_index`.
+    def snapshot(self) -> list[bytes]:
+        """The state machine's state and the session table, as of :attr:`applied_index`, as
+        two pieces to be stored one after the other (the state is not copied again): a header
+        (format, index, sessions) and the state machine's own snapshot.
 
         Raises whatever the state machine's ``snapshot`` raises (the caller skips compaction).
         """
@@ -75,15 +79,19 @@ class Applier:
         # a result nobody could be sent (unpicklable) is kept as the error its client would get
         sessions = {cid: (s.floor, {seq: picklable_outcome(o) for seq, o in s.results.items()})
                     for cid, s in self.sessions.items()}
-        return cloudpickle.dumps((_SNAPSHOT_FORMAT, self.applied_index, sessions, bytes(state)),
-                                 protocol=pickle.HIGHEST_PROTOCOL)
+        header = cloudpickle.dumps((self.applied_index, sessions), protocol=pickle.HIGHEST_PROTOCOL)
+        return [_SNAPSHOT_HEAD.pack(_SNAPSHOT_MAGIC, len(header)) + header, bytes(state)]
 
     def restore(self, data: bytes, index: int) -> None:
         """Replace the state machine's state and the sessions by a snapshot taken at ``index``."""
-        fmt, applied, sessions, state = pickle.loads(data)
-        if fmt != _SNAPSHOT_FORMAT or applied != index:
-            raise ValueError(f"snapshot format {fmt} at {applied} does not fit (expected {_SNAPSHOT_FORMAT} at {index})")
-        self.sm.restore(state)
+        magic, n = _SNAPSHOT_HEAD.unpack_from(data)
+        if magic != _SNAPSHOT_MAGIC:
+            raise ValueError(f"not a raft_actors state machine snapshot (magic {magic!r})")
+        start = _SNAPSHOT_HEAD.size
+        applied, sessions = pickle.loads(memoryview(data)[start : start + n])
+        if applied != index:
+            raise ValueError(f"the snapshot was taken at {applied}, not at {index}")
+        self.sm.restore(data[start + n :])
         self.sessions = {}
         for cid, (floor, results) in sessions.items():
             s = self.sessions[cid] = _Session()

@@ -12,6 +12,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="launch a local cluster, use it, and measure latency, throughput, failover")
     demo.add_argument("--nodes", type=int, default=3)
     demo.add_argument("--seconds", type=float, default=5.0, help="length of the throughput run")
+    demo.add_argument("--storage", choices=["file", "memory"], default="file",
+                      help="durable write-ahead log (default) or memory only")
     sim = sub.add_parser("sim", help="run seeded simulations (deterministic; a failing seed replays exactly)")
     sim.add_argument("--seeds", type=int, default=100, help="how many seeds, from --first")
     sim.add_argument("--first", type=int, default=0)
@@ -22,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
-        run_demo(num_nodes=args.nodes, seconds=args.seconds)
+        run_demo(num_nodes=args.nodes, seconds=args.seconds, storage=args.storage)
         return 0
 
     import time

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -116,11 +117,30 @@ def failover_time(cluster: RaftCluster) -> float:
     return time.perf_counter() - t
 
 
-def run_demo(num_nodes: int = 3, seconds: float = 5.0, config: RaftConfig | None = None) -> DemoResult:
-    """Launch a local cluster, exercise it, print what happens and what it measured."""
-    print(f"Launching a {num_nodes}-node Raft cluster on a local Ray...")
-    with RaftCluster.launch(num_nodes=num_nodes, state_machine=KVStore, config=config) as cluster:
-        print(cluster.status().to_string(), "\n")
+def run_demo(num_nodes: int = 3, seconds: float = 5.0, config: RaftConfig | None = None,
+             storage: str = "file") -> DemoResult:
+    """Launch a local cluster, exercise it, print what happens and what it measured.
+
+    With ``storage="file"`` (durable, the default) the nodes' logs live in a temporary
+    directory that is deleted afterwards.
+    """
+    print(f"Launching a {num_nodes}-node Raft cluster on a local Ray ({storage} storage)...")
+    with tempfile.TemporaryDirectory(prefix="raft-demo-") as tmp:
+        return _demo(RaftCluster.launch(num_nodes=num_nodes, state_machine=KVStore, config=config,
+                                        storage=storage, data_dir=tmp), seconds)  # type: ignore[arg-type]
+
+
+_SHOWN = ["role", "term", "leader", "commit_index", "applied_index", "snapshot_index", "storage_bytes"]
+
+
+def _status(cluster: RaftCluster) -> str:
+    st = cluster.status()
+    return st[[c for c in _SHOWN if c in st.columns]].to_string()
+
+
+def _demo(cluster: RaftCluster, seconds: float) -> DemoResult:
+    try:
+        print(_status(cluster), "\n")
         client = cluster.client()
         client.submit(put("greeting", "hello, raft"))
         print("wrote greeting; linearizable read ->", client.query(get("greeting")))
@@ -133,7 +153,7 @@ def run_demo(num_nodes: int = 3, seconds: float = 5.0, config: RaftConfig | None
         tput = write_throughput(cluster, seconds=seconds)
         print("killing the leader, node", leader)
         fo = failover_time(cluster)
-        print(cluster.status().to_string(), "\n")
+        print(_status(cluster), "\n")
         result = DemoResult(
             ray_round_trip_ms=rtt * 1000,
             commit_latency_ms=statistics.median(lat) * 1000,
@@ -145,3 +165,5 @@ def run_demo(num_nodes: int = 3, seconds: float = 5.0, config: RaftConfig | None
         )
         print(result.table())
         return result
+    finally:
+        cluster.shutdown(delete_data=True)

@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import shutil
+import time
 import warnings
 from typing import Any
 
@@ -68,6 +69,9 @@ class RaftNode:
         self.replica = Replica(
             node_id, voters, config, storage, cloudpickle.loads(state_machine)(), random.Random(), lost_state=lost,
         )
+        self.replica.background_snapshots = True  # see _snapshot: the file is written off the loop
+        self._snapshotting: asyncio.Task | None = None
+        self.snapshot_timing: dict[str, float] = {}
         self.transport = Transport(
             node_id, self._lookup_peer, self._on_reply, snapshot_source=self.replica.snapshot_to_send,
             on_snapshot_done=self._on_snapshot_done, chunk_bytes=config.snapshot_chunk_bytes,
@@ -107,6 +111,43 @@ class RaftNode:
     def _process_ready(self) -> None:
         if not self._closed:
             self.transport.send(self.replica.process_ready())
+            self._maybe_snapshot()
+
+    def _maybe_snapshot(self) -> None:
+        if self._snapshotting is None and self.replica.snapshot_due and not self._closed:
+            self._snapshotting = asyncio.get_running_loop().create_task(self._snapshot())
+
+    async def _snapshot(self) -> SnapshotMeta | None:
+        """Take a snapshot: serialize the state machine on the loop (it must not change
+        meanwhile), write and fsync the file in a thread (the loop goes on with heartbeats and
+        the log), then adopt it and compact the log on the loop."""
+        try:
+            t0 = time.perf_counter()
+            prepared = self.replica.prepare_snapshot()
+            if prepared is None:
+                return None
+            meta, data = prepared
+            t1 = time.perf_counter()
+            try:
+                staged = await asyncio.to_thread(self.replica.storage.stage_snapshot, meta, data)
+            except OSError:
+                log.exception("node %s: could not write a snapshot; the log is not compacted", self.node_id)
+                self.replica.snapshot_failed()
+                return None
+            done: list[SnapshotMeta | None] = [None]
+
+            def finish() -> None:
+                done[0] = self.replica.finish_snapshot(meta, data, staged)
+
+            t2 = time.perf_counter()
+            if not self._closed:
+                self._guard(finish)
+            # on the loop: prepare and finish; in a thread: write
+            self.snapshot_timing = {"snapshot_prepare_ms": (t1 - t0) * 1e3, "snapshot_write_ms": (t2 - t1) * 1e3,
+                                    "snapshot_finish_ms": (time.perf_counter() - t2) * 1e3}
+            return done[0]
+        finally:
+            self._snapshotting = None
 
     def _guard(self, fn: Any) -> None:
         try:
@@ -170,6 +211,7 @@ class RaftNode:
             self.transport.send([m for m in out if m.to != sender])
 
         self._guard(handle)
+        self._maybe_snapshot()
         replies = self.transport.faulty(replies)
         return dumps(replies) if replies else None
 
@@ -244,6 +286,7 @@ class RaftNode:
         st["blocked"] = sorted(self.transport.blocked)
         st.update(self.storage.stats())
         st["rss_bytes"] = _rss_bytes()
+        st.update(self.snapshot_timing)
         st["snapshots_received"] = self.snapshots_received
         st["snapshot_chunks_received"] = self.snapshot_chunks_received
         return st
@@ -268,14 +311,11 @@ class RaftNode:
         self.storage.reset()
 
     async def take_snapshot(self) -> SnapshotMeta | None:
-        """Snapshot the state machine and compact the log now (see ``Replica.take_snapshot``)."""
-        meta: list[SnapshotMeta | None] = [None]
-
-        def snap() -> None:
-            meta[0] = self.replica.take_snapshot()
-
-        self._guard(snap)
-        return meta[0]
+        """Snapshot the state machine and compact the log now (as done past ``snapshot_entries``)."""
+        while self._snapshotting is not None:
+            await asyncio.shield(self._snapshotting)
+        task = self._snapshotting = asyncio.get_running_loop().create_task(self._snapshot())
+        return await task
 
     async def destroy_data(self) -> None:
         """Stop this node and delete its data directory (the node is about to be killed)."""

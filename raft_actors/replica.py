@@ -19,7 +19,7 @@ from .core import Message, NotLeader, ProposalDropped, RaftCore, Ready, Role
 from .core.messages import SnapshotMeta
 from .envelope import Outcome, decode_request
 from .errors import CommandRejectedError, LeadershipLostError, NotLeaderError, RaftTimeoutError
-from .storage.base import Storage
+from .storage.base import SnapshotData, Storage
 
 WriteCallback = Callable[[Outcome], None]
 ReadCallback = Callable[[list[Outcome]], None]
@@ -77,6 +77,9 @@ class Replica:
         self._bytes_since_snap = 0
         self._snap_failed_at = -1  # applied index of a failed snapshot attempt (not retried at once)
         self._incoming: dict[SnapshotMeta, bytes] = {}  # snapshots received, until the core takes one
+        #: the shell takes snapshots itself when ``snapshot_due`` (off the event loop, in part);
+        #: otherwise they are taken inline, as soon as they are due
+        self.background_snapshots = False
         self._writes: dict[int, tuple[int, WriteCallback]] = {}
         self._reads: dict[tuple[int, int], _PendingRead] = {}
         self._waiting: list[tuple[int, tuple[int, int], _PendingRead]] = []  # (read index, ctx, read)
@@ -239,19 +242,34 @@ class Replica:
         self.storage.install_snapshot(meta, data)
         self._snap_index, self._bytes_since_snap = meta.index, 0
 
-    def _maybe_snapshot(self) -> None:
+    @property
+    def snapshot_due(self) -> bool:
+        """Whether enough was applied since the last snapshot to take a new one."""
         cfg = self.config
         applied = self.applier.applied_index
         due = (cfg.snapshot_entries and applied - self._snap_index >= cfg.snapshot_entries) or (
             cfg.snapshot_bytes and self._bytes_since_snap >= cfg.snapshot_bytes
         )
-        if due and applied - self._snap_failed_at >= max(1, (cfg.snapshot_entries or 10_000) // 2):
+        return bool(due) and applied - self._snap_failed_at >= max(1, (cfg.snapshot_entries or 10_000) // 2)
+
+    def _maybe_snapshot(self) -> None:
+        if not self.background_snapshots and self.snapshot_due:
             self.take_snapshot()
 
     def take_snapshot(self) -> SnapshotMeta | None:
         """Snapshot the state machine now, persist it and compact the log (done automatically
         past ``snapshot_entries``/``snapshot_bytes``). Returns the snapshot's metadata, or
         ``None`` when there is nothing new or the state machine could not snapshot itself."""
+        prepared = self.prepare_snapshot()
+        if prepared is None:
+            return None
+        meta, data = prepared
+        return self.finish_snapshot(meta, data, self.storage.stage_snapshot(meta, data))
+
+    def prepare_snapshot(self) -> tuple[SnapshotMeta, SnapshotData] | None:
+        """The first step of :meth:`take_snapshot`: the state machine and sessions as of the
+        applied index. Then ``storage.stage_snapshot`` (which may run in another thread), then
+        :meth:`finish_snapshot`."""
         applied = self.applier.applied_index
         if applied <= self._snap_index:
             return None
@@ -261,15 +279,26 @@ class Replica:
             data = self.applier.snapshot()
         except Exception:
             log.exception("node %s: the state machine failed to snapshot; the log is not compacted", self.id)
-            self._snap_failed_at = applied
+            self.snapshot_failed()
             return None
-        meta = SnapshotMeta(applied, term, self.core.voters)
-        self.storage.save_snapshot(meta, data)
+        return SnapshotMeta(applied, term, self.core.voters), data
+
+    def finish_snapshot(self, meta: SnapshotMeta, data: SnapshotData, staged: Any = None) -> SnapshotMeta | None:
+        """Persist a prepared snapshot (adopting ``staged``) and compact the log up to it;
+        ``None`` if a newer snapshot was installed or taken meanwhile."""
+        if meta.index <= self._snap_index:
+            return None
+        self.storage.save_snapshot(meta, data, staged)
         keep = self.config.keep_entries
-        self.storage.compact(applied - keep)
+        self.storage.compact(meta.index - keep)
         self.core.compact(meta, keep)
-        self._snap_index, self._bytes_since_snap = applied, 0
+        self._snap_index = meta.index
+        self._bytes_since_snap = 0
         return meta
+
+    def snapshot_failed(self) -> None:
+        """A snapshot could not be taken or stored: try again only after a while."""
+        self._snap_failed_at = self.applier.applied_index
 
     def _apply(self, entries: list) -> None:
         for e in entries:

@@ -204,6 +204,55 @@ def test_save_snapshot_keeps_later_entries(tmp_path: Path) -> None:
         p.file.save_snapshot(SnapshotMeta(3, 1, (1,)), b"older than the compaction")
 
 
+def test_staged_snapshot_is_adopted_without_writing_it_again(tmp_path: Path) -> None:
+    d = tmp_path / "s"
+    p = Pair(str(d))
+    p.append(batch(1, 1, 10))
+    p.set_hard_state(HardState(1, 1, 8))
+    p.sync()
+    meta = SnapshotMeta(6, 1, (1, 2))
+    staged = p.file.stage_snapshot(meta, b"six")
+    assert (d / "snapshot.staging").exists() and not (d / SNAPSHOT_NAME).exists()
+    p.append(batch(1, 11, 2))  # the log goes on while the snapshot is staged
+    p.sync()
+    written = []
+    real_open = p.file.fs.open_append
+    p.file.fs.open_append = lambda path: (written.append(path), real_open(path))[1]  # type: ignore[method-assign]
+    p.file.save_snapshot(meta, b"six", staged)
+    p.mem.save_snapshot(meta, b"six")
+    assert written == [] and not (d / "snapshot.staging").exists()  # renamed, not rewritten
+    got = p.reopen_and_compare()
+    assert got.snapshot == meta and got.snapshot_data == b"six"
+    assert [e.index for e in got.entries] == list(range(7, 13))
+
+
+def test_staged_snapshot_made_stale_by_an_install_is_not_adopted(tmp_path: Path) -> None:
+    d = tmp_path / "s"
+    p = Pair(str(d))
+    p.append(batch(1, 1, 10))
+    p.set_hard_state(HardState(1, 1, 8))
+    p.sync()
+    staged = p.file.stage_snapshot(SnapshotMeta(6, 1, (1, 2)), b"six")
+    p.install_snapshot(SnapshotMeta(30, 2, (1, 2)), b"leader")
+    # a later local snapshot handed the stale staging file writes afresh
+    p.append(batch(2, 31, 2))
+    p.sync()
+    p.file.save_snapshot(SnapshotMeta(31, 2, (1, 2)), b"mine", staged)
+    p.mem.save_snapshot(SnapshotMeta(31, 2, (1, 2)), b"mine")
+    got = p.reopen_and_compare()
+    assert got.snapshot_data == b"mine" and [e.index for e in got.entries] == [32]
+
+
+def test_leftover_staging_file_is_removed_at_recovery(tmp_path: Path) -> None:
+    d = tmp_path / "s"
+    p = Pair(str(d))
+    p.append(batch(1, 1, 4))
+    p.sync()
+    p.file.stage_snapshot(SnapshotMeta(2, 1, (1,)), b"never adopted")  # then the node dies
+    got = p.reopen_and_compare()
+    assert got.snapshot is None and not (d / "snapshot.staging").exists()
+
+
 def test_install_snapshot_replaces_the_log(tmp_path: Path) -> None:
     d = str(tmp_path / "s")
     p = Pair(d, segment_bytes=200)

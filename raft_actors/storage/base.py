@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO, NamedTuple, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, BinaryIO, NamedTuple, Protocol, runtime_checkable
 
 from ..core.messages import Entry, HardState, SnapshotMeta
+
+#: a snapshot's bytes, whole or in pieces to be written one after the other (saves joining a
+#: large state machine snapshot into one more copy)
+SnapshotData = bytes | Sequence[bytes]
+
+
+def snapshot_bytes(data: SnapshotData) -> bytes:
+    """``data`` as one ``bytes`` object."""
+    return data if isinstance(data, bytes) else b"".join(data)
 
 
 class Recovered(NamedTuple):
@@ -46,14 +56,23 @@ class Storage(Protocol):
         """Make every earlier append and hard-state change durable (one fsync for the batch)."""
         ...
 
-    def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
-        """Durably keep a snapshot this node took of its own state machine at ``meta.index``.
+    def stage_snapshot(self, meta: SnapshotMeta, data: SnapshotData) -> Any:
+        """Do the slow part of :meth:`save_snapshot` (write and fsync the data) ahead of it.
+
+        It must not touch anything the log uses: a node may run it in another thread while it
+        goes on appending and syncing. Returns what :meth:`save_snapshot` takes as ``staged``.
+        """
+        ...
+
+    def save_snapshot(self, meta: SnapshotMeta, data: SnapshotData, staged: Any = None) -> None:
+        """Durably keep a snapshot this node took of its own state machine at ``meta.index``
+        (``staged``: the result of :meth:`stage_snapshot` for it, if any).
 
         Entries after ``meta.index`` stay; entries up to it may be dropped by :meth:`compact`.
         """
         ...
 
-    def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+    def install_snapshot(self, meta: SnapshotMeta, data: SnapshotData) -> None:
         """Durably replace the whole log by a snapshot received from the leader: afterwards the
         storage holds the snapshot and no entries (the log continues at ``meta.index + 1``)."""
         ...

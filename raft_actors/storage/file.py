@@ -45,7 +45,7 @@ from typing import BinaryIO
 
 from ..core.messages import Entry, HardState, SnapshotMeta
 from ..errors import RaftError
-from .base import Recovered
+from .base import Recovered, SnapshotData
 from .fs import AppendFile, FileSystem, OsFileSystem
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ WAL_MAGIC = b"RAFTWAL1"
 SNAPSHOT_MAGIC = b"RAFTSNP1"
 SNAPSHOT_NAME = "snapshot.bin"
 SNAPSHOT_TMP = "snapshot.tmp"
+SNAPSHOT_STAGING = "snapshot.staging"
 REC_ENTRIES = 1
 REC_HARD_STATE = 2
 #: records longer than this are corruption, not data
@@ -149,6 +150,18 @@ class _Snapshot:
     data_offset: int
     data_len: int
     file_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """A snapshot file written and synced by :meth:`FileStorage.stage_snapshot`, not yet adopted."""
+
+    path: str
+    meta: SnapshotMeta
+    fvs: int
+    hs: HardState
+    header_len: int
+    data_len: int
 
 
 @dataclass(slots=True)
@@ -295,17 +308,28 @@ class FileStorage:
         if self._segments[-1].size >= self.segment_bytes:
             self._guarded(self._roll)
 
-    def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+    def stage_snapshot(self, meta: SnapshotMeta, data: SnapshotData) -> _Staged:
+        """Write and fsync a snapshot file for :meth:`save_snapshot` to adopt: the slow part of
+        saving a large snapshot. It touches nothing the log uses, so a node may run it in
+        another thread while it goes on writing its log (one staging at a time)."""
+        self._check()
+        return self._stage(meta, data, self._fvs, self._hs, SNAPSHOT_STAGING)
+
+    def save_snapshot(self, meta: SnapshotMeta, data: SnapshotData, staged: _Staged | None = None) -> None:
         """Durably keep a snapshot of this node's state machine at ``meta.index`` (the entries
-        buffered so far are synced first; entries after ``meta.index`` stay)."""
+        buffered so far are synced first; entries after ``meta.index`` stay). ``staged``, from
+        :meth:`stage_snapshot` of the same snapshot, saves writing it again."""
         self._check()
         if meta.index < self._offset:
             raise ValueError(f"snapshot at {meta.index} is older than the compacted log (up to {self._offset})")
         self.sync()
         self._cache = None
-        self._guarded(self._write_snapshot, meta, data, self._fvs, self._hs)
+        if staged is not None and staged.meta == meta and staged.fvs == self._fvs:
+            self._guarded(self._adopt, staged)
+        else:
+            self._guarded(self._write_snapshot, meta, data, self._fvs, self._hs)
 
-    def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+    def install_snapshot(self, meta: SnapshotMeta, data: SnapshotData) -> None:
         """Durably replace the whole log by a snapshot from the leader.
 
         Entries buffered and not synced are dropped with the log. Crash-safe at every step: the
@@ -433,22 +457,33 @@ class FileStorage:
     def _roll(self) -> None:
         self._start_segment(self._segments[-1].seq + 1, self._hs)
 
-    def _write_snapshot(self, meta: SnapshotMeta, data: bytes, fvs: int, hs: HardState) -> None:
-        tmp, final = self._join(SNAPSHOT_TMP), self._join(SNAPSHOT_NAME)
+    def _write_snapshot(self, meta: SnapshotMeta, data: SnapshotData, fvs: int, hs: HardState) -> None:
+        self._adopt(self._stage(meta, data, fvs, hs, SNAPSHOT_TMP))
+
+    def _stage(self, meta: SnapshotMeta, data: SnapshotData, fvs: int, hs: HardState, name: str) -> _Staged:
+        tmp = self._join(name)
         if self.fs.exists(tmp):
             self.fs.remove(tmp)
-        header = _encode_snapshot_header(meta, len(data), zlib.crc32(data), fvs, hs)
+        parts = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
+        crc = size = 0
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+            size += len(part)
+        header = _encode_snapshot_header(meta, size, crc, fvs, hs)
         f = self.fs.open_append(tmp)
         try:
             f.write(header)
-            f.write(data)
+            for part in parts:
+                f.write(part)
             f.sync()
         finally:
             f.close()
-        self.fs.rename(tmp, final)
+        return _Staged(tmp, SnapshotMeta(meta.index, meta.term, tuple(meta.voters)), fvs, hs, len(header), size)
+
+    def _adopt(self, st: _Staged) -> None:
+        self.fs.rename(st.path, self._join(SNAPSHOT_NAME))
         self.fs.sync_dir(self.path)
-        self._snap = _Snapshot(SnapshotMeta(meta.index, meta.term, tuple(meta.voters)), fvs, hs, len(header),
-                               len(data), len(header) + len(data))
+        self._snap = _Snapshot(st.meta, st.fvs, st.hs, st.header_len, st.data_len, st.header_len + st.data_len)
 
     # -- recovery ------------------------------------------------------------------------------
 
@@ -469,8 +504,9 @@ class FileStorage:
         fs = self.fs
         rep = _Replayed()
         names = fs.listdir(self.path)
-        if SNAPSHOT_TMP in names:
-            rep.leftovers.append(self._join(SNAPSHOT_TMP))
+        for leftover in (SNAPSHOT_TMP, SNAPSHOT_STAGING):
+            if leftover in names:
+                rep.leftovers.append(self._join(leftover))
         if SNAPSHOT_NAME in names:
             rep.had_files = True
             self._read_snapshot(rep)

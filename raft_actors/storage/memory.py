@@ -6,7 +6,7 @@ import io
 from typing import BinaryIO
 
 from ..core.messages import Entry, HardState, SnapshotMeta
-from .base import Recovered
+from .base import Recovered, SnapshotData, snapshot_bytes
 
 
 class MemoryStorage:
@@ -46,10 +46,13 @@ class MemoryStorage:
     def sync(self) -> None:
         pass
 
-    def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
-        self.snapshot, self.snapshot_data = meta, bytes(data)
+    def stage_snapshot(self, meta: SnapshotMeta, data: SnapshotData) -> None:
+        return None
 
-    def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+    def save_snapshot(self, meta: SnapshotMeta, data: SnapshotData, staged: object = None) -> None:
+        self.snapshot, self.snapshot_data = meta, snapshot_bytes(data)
+
+    def install_snapshot(self, meta: SnapshotMeta, data: SnapshotData) -> None:
         self.save_snapshot(meta, data)
         self.offset, self.entries = meta.index, []
 
