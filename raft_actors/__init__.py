@@ -24,6 +24,7 @@ from .errors import (
     NotLeaderError,
     RaftError,
     RaftTimeoutError,
+    SessionExpiredError,
     UnknownOutcomeError,
 )
 from .state_machines import Counter, KVStore, StateMachine
@@ -33,5 +34,5 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncRaftClient", "ClusterUnavailableError", "CommandError", "CommandRejectedError", "Counter",
     "KVStore", "LeadershipLostError", "NodeNotFoundError", "NodeStartupError", "NotLeaderError", "RaftClient", "RaftCluster",
-    "RaftConfig", "RaftError", "RaftTimeoutError", "StateMachine", "UnknownOutcomeError", "__version__",
+    "RaftConfig", "RaftError", "RaftTimeoutError", "SessionExpiredError", "StateMachine", "UnknownOutcomeError", "__version__",
 ]

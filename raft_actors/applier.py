@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pickle
 import struct
+from collections import OrderedDict
 from typing import Any
 
 import cloudpickle
 
 from .core.messages import Entry, EntryKind
 from .envelope import Outcome, decode_request, picklable_outcome
-from .errors import CommandError, CommandRejectedError, UnknownOutcomeError
+from .errors import CommandError, CommandRejectedError, SessionExpiredError, UnknownOutcomeError
 
 _SNAPSHOT_MAGIC = b"RASM0001"  # a raft_actors state machine snapshot, format 1
 _SNAPSHOT_HEAD = struct.Struct("<8sQ")
@@ -30,11 +31,19 @@ class Applier:
     A request retried after a timeout or a leader change can sit in the log twice; the second
     copy returns the first one's result instead of running again. Everything here depends only
     on the log, so every replica reaches the same sessions and the same state.
+
+    A client opens its session with a request of its own (``client_id`` ``None``, see
+    :func:`~raft_actors.envelope.encode_register`); the session's id is the index of that entry,
+    never reused. At most ``max_sessions`` sessions are kept, the least recently used expire
+    first; a request of a session that is not here (expired) gets
+    :class:`~raft_actors.errors.SessionExpiredError` instead of being applied, since it may be a
+    retry of a write whose result was forgotten with the session.
     """
 
-    def __init__(self, state_machine: Any):
+    def __init__(self, state_machine: Any, max_sessions: int = 10_000):
         self.sm = state_machine
-        self.sessions: dict[Any, _Session] = {}
+        self.max_sessions = max_sessions
+        self.sessions: OrderedDict[Any, _Session] = OrderedDict()  # least recently used first
         self.applied_index = 0
 
     def apply(self, entry: Entry) -> Outcome | None:
@@ -48,9 +57,17 @@ class Applier:
             req = decode_request(entry.command)
         except BaseException as exc:  # noqa: BLE001 - an undecodable command is its own result
             return Outcome(False, CommandError.from_exception(exc))
+        if req.client_id is None:  # a client opens a session
+            self.sessions[entry.index] = _Session()
+            if len(self.sessions) > self.max_sessions:
+                self.sessions.popitem(last=False)
+            return Outcome(True, entry.index)
         session = self.sessions.get(req.client_id)
         if session is None:
-            session = self.sessions[req.client_id] = _Session()
+            return Outcome(False, SessionExpiredError(
+                f"session {req.client_id} is unknown or expired (more than {self.max_sessions} sessions since it was "
+                f"used); request {req.seq} was not applied now, an earlier copy may have been"))
+        self.sessions.move_to_end(req.client_id)
         if req.seq < session.floor:
             return Outcome(False, UnknownOutcomeError(f"request {req.seq} was already given up by its client"))
         done = session.results.get(req.seq)
@@ -92,7 +109,7 @@ class Applier:
         if applied != index:
             raise ValueError(f"the snapshot was taken at {applied}, not at {index}")
         self.sm.restore(data[start + n :])
-        self.sessions = {}
+        self.sessions = OrderedDict()
         for cid, (floor, results) in sessions.items():
             s = self.sessions[cid] = _Session()
             s.floor, s.results = floor, results

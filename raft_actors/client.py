@@ -22,13 +22,14 @@ from typing import Any, Self
 import ray
 
 from .config import RaftConfig
-from .envelope import dumps, encode_query, encode_request, loads
+from .envelope import dumps, encode_query, encode_register, encode_request, loads
 from .errors import (
     ClusterUnavailableError,
     LeadershipLostError,
     NotLeaderError,
     RaftError,
     RaftTimeoutError,
+    SessionExpiredError,
     UnknownOutcomeError,
 )
 from .replica import FOLLOWER, LINEARIZABLE, READ_MODES, STALE
@@ -41,10 +42,12 @@ _BACKOFF_START, _BACKOFF_MAX = 0.01, 0.1
 class _Pending:
     """One call waiting for its outcome; its own timer enforces its deadline."""
 
-    __slots__ = ("deadline", "future", "in_flight", "is_write", "maybe_applied", "payload", "timer")
+    __slots__ = ("deadline", "future", "in_flight", "is_write", "maybe_applied", "payload", "request", "timer")
 
-    def __init__(self, payload: Any, future: asyncio.Future, deadline: float, is_write: bool):
+    def __init__(self, payload: Any, future: asyncio.Future, deadline: float, is_write: bool,
+                 request: tuple[Any, int, int, Any] | None = None):
         self.payload = payload
+        self.request = request  # a write's (client id, seq, ack, command), to send it again in a new session
         self.future = future
         self.deadline = deadline
         self.is_write = is_write
@@ -82,7 +85,8 @@ class AsyncRaftClient:
         self._config = config
         self._cluster_closed = is_closed
         self._closed = False
-        self.client_id = random.getrandbits(62)
+        self.client_id: int | None = None  # the session the cluster opened for this client
+        self._opening: asyncio.Task | None = None
         self._seq = itertools.count(1)
         self._outstanding: set[int] = set()
         self._leader = 0
@@ -110,14 +114,40 @@ class AsyncRaftClient:
         before the write could reach a leader), :class:`~raft_actors.errors.ClusterUnavailableError`.
         """
         self._check_open()
+        timeout = self._timeout(timeout)
+        deadline = time.monotonic() + timeout
+        session = self.client_id if self.client_id is not None else await self._session(timeout)
         seq = next(self._seq)
         ack = min(self._outstanding, default=seq)
-        payload = encode_request(self.client_id, seq, ack, command)  # raises CommandRejectedError
+        payload = encode_request(session, seq, ack, command)  # raises CommandRejectedError
         self._outstanding.add(seq)
         try:
-            return await self._enqueue(self._writes, payload, timeout, is_write=True)
+            return await self._enqueue(self._writes, payload, max(1e-3, deadline - time.monotonic()), is_write=True,
+                                       request=(session, seq, ack, command))
         finally:
             self._outstanding.discard(seq)
+
+    async def _session(self, timeout: float) -> int:
+        """This client's session id, opening a session first if it has none (one opening at a
+        time, shared by concurrent calls). A session costs one committed entry."""
+        while self.client_id is None:
+            if self._opening is None or self._opening.done():
+                self._opening = asyncio.get_running_loop().create_task(self._open(timeout))
+            await asyncio.shield(self._opening)
+        return self.client_id
+
+    async def _open(self, timeout: float) -> None:
+        try:
+            self.client_id = await self._enqueue(self._writes, encode_register(), timeout, is_write=True)
+        except UnknownOutcomeError as exc:  # nothing of the caller's was sent: plainly a timeout
+            raise RaftTimeoutError(f"could not open a client session: {exc}") from None
+
+    def _timeout(self, timeout: float | None) -> float:
+        if timeout is None:
+            return self._config.request_timeout
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        return timeout
 
     async def query(self, query: Any, consistency: str = LINEARIZABLE, timeout: float | None = None) -> Any:
         """Answer ``query`` from the state machine.
@@ -146,13 +176,11 @@ class AsyncRaftClient:
             task.cancel()
 
     # ------------------------------------------------------------------ batching
-    async def _enqueue(self, queue: list[_Pending], payload: bytes, timeout: float | None, is_write: bool) -> Any:
-        if timeout is None:
-            timeout = self._config.request_timeout
-        elif timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+    async def _enqueue(self, queue: list[_Pending], payload: bytes, timeout: float | None, is_write: bool,
+                       request: tuple[Any, int, int, Any] | None = None) -> Any:
+        timeout = self._timeout(timeout)
         loop = asyncio.get_running_loop()
-        it = _Pending(payload, loop.create_future(), time.monotonic() + timeout, is_write)
+        it = _Pending(payload, loop.create_future(), time.monotonic() + timeout, is_write, request)
         it.timer = loop.call_later(timeout, it.expire)
         self._pending.add(it)
         queue.append(it)
@@ -233,11 +261,18 @@ class AsyncRaftClient:
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
             dead.discard(target)
-            retry, hint = [], 0
+            retry: list[_Pending] = []
+            expired: list[_Pending] = []
+            hint = 0
             for it, out in zip(items, outcomes):
                 it.in_flight = False
                 if out.ok:
                     it.resolve(out.value)
+                elif isinstance(out.value, SessionExpiredError):
+                    if it.maybe_applied or it.request is None:
+                        it.fail(out.value)  # an earlier copy may have been applied: unknown
+                    else:
+                        expired.append(it)  # never sent before, so not applied: send it afresh
                 elif isinstance(out.value, NotLeaderError | RaftTimeoutError):
                     # a plain NotLeaderError was refused before proposing; these two were not
                     it.maybe_applied |= isinstance(out.value, LeadershipLostError | RaftTimeoutError)
@@ -253,7 +288,28 @@ class AsyncRaftClient:
                     backoff = min(backoff * 2, _BACKOFF_MAX)
             elif mode in (None, LINEARIZABLE):
                 self._leader = target
+            if expired:
+                retry += await self._in_new_session(expired)
             items = retry
+
+    async def _in_new_session(self, items: list[_Pending]) -> list[_Pending]:
+        """The cluster expired the session ``items`` were sent in, and none of them had been
+        sent before: open a new session (once) and encode them again in it."""
+        for it in items:
+            assert it.request is not None
+            if it.request[0] == self.client_id:
+                self.client_id = None
+        try:
+            session = await self._session(max(1e-3, max(it.deadline for it in items) - time.monotonic()))
+        except RaftError as exc:
+            self._fail(items, exc)
+            return []
+        for it in items:
+            assert it.request is not None
+            _, seq, ack, command = it.request
+            it.request = (session, seq, ack, command)
+            it.payload = encode_request(session, seq, ack, command)
+        return items
 
     def _pick(self, nodes: Mapping[int, Any], mode: str | None, dead: set[int]) -> int:
         alive = [i for i in sorted(nodes) if i not in dead] or sorted(nodes)

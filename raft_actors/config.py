@@ -40,6 +40,9 @@ class RaftConfig:
     keep_entries: int = 5_000
     #: a snapshot travels to a lagging follower in chunks of this many bytes, one at a time
     snapshot_chunk_bytes: int = 2**20
+    #: client sessions (the table that applies each write once) kept by every replica; beyond
+    #: it the least recently used expire
+    max_sessions: int = 10_000
     #: the write-ahead log is cut into files of about this size; compaction deletes whole files
     wal_segment_bytes: int = 16 * 2**20
 
@@ -54,5 +57,5 @@ class RaftConfig:
             raise ValueError("request_timeout must be positive")
         if min(self.snapshot_entries, self.snapshot_bytes, self.keep_entries) < 0:
             raise ValueError("snapshot_entries, snapshot_bytes and keep_entries must be >= 0")
-        if self.snapshot_chunk_bytes < 1 or self.wal_segment_bytes < 1:
-            raise ValueError("snapshot_chunk_bytes and wal_segment_bytes must be >= 1")
+        if self.snapshot_chunk_bytes < 1 or self.wal_segment_bytes < 1 or self.max_sessions < 1:
+            raise ValueError("snapshot_chunk_bytes, wal_segment_bytes and max_sessions must be >= 1")

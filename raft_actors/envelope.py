@@ -13,7 +13,8 @@ from .errors import CommandError, CommandRejectedError
 class Request(NamedTuple):
     """A client command as it sits in the log.
 
-    ``(client_id, seq)`` identifies it for exactly-once application; ``ack`` says the client
+    ``(client_id, seq)`` identifies it for exactly-once application; ``client_id`` is a session
+    the cluster opened for the client (see :func:`encode_register`). ``ack`` says the client
     will never retry any of its requests with a lower ``seq``, so their results can be dropped.
     """
 
@@ -36,6 +37,12 @@ def encode_request(client_id: Any, seq: int, ack: int, command: Any) -> bytes:
         return cloudpickle.dumps(Request(client_id, seq, ack, command), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise CommandRejectedError(f"command cannot be serialized: {type(exc).__name__}: {exc}") from exc
+
+
+def encode_register() -> bytes:
+    """The request that opens a client session: committed like a write, its result is the new
+    session's id (the index of its log entry, so ids are never reused)."""
+    return dumps(Request(None, 0, 0, None))
 
 
 def encode_query(query: Any) -> bytes:

@@ -41,6 +41,13 @@ class UnknownOutcomeError(RaftTimeoutError):
     """
 
 
+class SessionExpiredError(UnknownOutcomeError):
+    """The cluster had expired this client's session (it keeps ``RaftConfig.max_sessions``, the
+    least recently used go first) when a retried write arrived: it was not applied now, but an
+    earlier copy may have been. The client opens a new session by itself; a write that had not
+    been sent before is simply sent again in it."""
+
+
 class ClusterUnavailableError(RaftError):
     """No node of the cluster can be reached (it is shut down, or every node is dead)."""
 

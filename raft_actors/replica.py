@@ -68,7 +68,7 @@ class Replica:
         rec = storage.load()
         self.config = config
         self.storage = storage
-        self.applier = Applier(state_machine)
+        self.applier = Applier(state_machine, config.max_sessions)
         if rec.snapshot is not None and rec.snapshot_data is not None:
             self.applier.restore(rec.snapshot_data, rec.snapshot.index)
         self.core = RaftCore(node_id, voters, config, rng, rec.hard_state, rec.entries, lost_state, rec.snapshot)
@@ -151,7 +151,9 @@ class Replica:
         waiting: list[WriteCallback] = []
         for data, cb in zip(commands, callbacks):
             try:
-                self.applier.validate(decode_request(data).command)
+                req = decode_request(data)
+                if req.client_id is not None:  # not a session opening
+                    self.applier.validate(req.command)
             except CommandRejectedError as exc:
                 cb(Outcome(False, exc))
                 continue

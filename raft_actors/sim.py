@@ -27,8 +27,8 @@ from typing import Any
 
 from .config import RaftConfig
 from .core import Entry, EntryKind, HardState, Message, MsgType, Ready, Role
-from .envelope import Outcome, decode_request, encode_request
-from .errors import NotLeaderError
+from .envelope import Outcome, decode_request, encode_register, encode_request
+from .errors import NotLeaderError, SessionExpiredError
 from .linearizability import Operation
 from .replica import FOLLOWER, LINEARIZABLE, Replica
 from .state_machines import KVStore
@@ -120,6 +120,8 @@ class _Client:
     def __init__(self, cid: int):
         self.id = cid
         self.seq = 0
+        self.session: int | None = None  # opened by its first write; again if the cluster expires it
+        self.opening = False  # the request in flight opens the session
         self.n_ops = 0
         self.hint = 0
         self.kind = ""
@@ -397,7 +399,8 @@ class Simulator:
         c.kind, c.payload = self.workload(self.rng, c.id, c.n_ops)
         if c.kind == "write":
             c.seq += 1
-            c.encoded = encode_request(c.id, c.seq, c.seq, c.payload)
+            c.opening = c.session is None
+            c.encoded = encode_register() if c.opening else encode_request(c.session, c.seq, c.seq, c.payload)
         else:
             c.mode = FOLLOWER if self.rng.random() < self.follower_reads else LINEARIZABLE
         c.call = self.now
@@ -451,6 +454,17 @@ class Simulator:
     def _response(self, c: _Client, attempt: int, target: int, out: Outcome) -> None:
         if not c.busy or c.attempt != attempt:
             return
+        if c.opening and out.ok:  # the session is open: now the write itself, within the same deadline
+            c.session, c.opening = out.value, False
+            c.encoded = encode_request(c.session, c.seq, c.seq, c.payload)
+            self._attempt(c)
+            return
+        if not out.ok and isinstance(out.value, SessionExpiredError):
+            # an earlier attempt may have been applied: the outcome is unknown; open a new session
+            self.history.append(Operation(c.id, c.payload, c.call, None))
+            c.session = None
+            self._finish(c)
+            return
         if not out.ok and isinstance(out.value, (NotLeaderError, TimeoutError)):
             hint = getattr(out.value, "leader_hint", 0)
             c.hint = hint if hint and hint != target else 0
@@ -460,7 +474,7 @@ class Simulator:
         value = out.value if out.ok else f"error:{type(out.value).__name__}"
         self.history.append(Operation(c.id, c.payload, c.call, self.now, value))
         if c.kind == "write":
-            self._acked.append((c.id, c.seq))
+            self._acked.append((c.session, c.seq))
         self._finish(c)
 
     def _finish(self, c: _Client) -> None:

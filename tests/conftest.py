@@ -39,6 +39,17 @@ def cluster_factory(ray_session: None, tmp_path) -> Iterator[Callable]:
         c.shutdown(delete_data=True)
 
 
+def open_session(handle) -> int:
+    """Open a client session through node ``handle`` (the leader); returns its id."""
+    import ray
+
+    from raft_actors.envelope import dumps, encode_register, loads
+
+    (out,) = loads(ray.get(handle.submit.remote(dumps([encode_register()]))))
+    assert out.ok, out
+    return out.value
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> object:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout

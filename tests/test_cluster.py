@@ -22,7 +22,7 @@ from raft_actors.envelope import dumps, encode_query, encode_request, loads
 from raft_actors.linearizability import Operation, check, kv_model
 from raft_actors.state_machines import cas, get, put
 
-from .conftest import wait_until
+from .conftest import open_session, wait_until
 
 
 def roles(cluster) -> dict[int, str]:
@@ -217,6 +217,8 @@ def test_user_defined_state_machine_and_errors_in_apply(cluster_factory) -> None
 def test_bad_input_gets_clear_errors_and_the_cluster_keeps_serving(cluster_factory) -> None:
     cluster = cluster_factory(num_nodes=3)
     client = cluster.client()
+    client.submit(put("warm", 0))  # the client's session is open
+    wait_until(lambda: cluster.status()["log_length"].nunique() == 1, what="replication")
     log_before = int(cluster.status()["log_length"].max())
     with pytest.raises(CommandRejectedError, match="unknown KVStore command"):
         client.submit(("frobnicate", "x"))
@@ -301,13 +303,13 @@ def test_crashed_node_is_restarted_by_ray(cluster_factory) -> None:
 def test_exactly_once_for_a_retried_request(cluster_factory) -> None:
     cluster = cluster_factory(num_nodes=3, state_machine=Counter)
     leader = cluster.handle(cluster.leader())
-    payload = dumps([encode_request(7, 1, 1, ("add", 5))])
+    payload = dumps([encode_request(open_session(leader), 1, 1, ("add", 5))])
     first = loads(ray.get(leader.submit.remote(payload)))
     again = loads(ray.get(leader.submit.remote(payload)))  # the same session and sequence number
     assert first[0].ok and again[0].ok and first[0].value == again[0].value == 5
     assert cluster.client().query(("get",)) == 5
     st = cluster.status()
-    assert st["log_length"].max() >= 3  # both copies are in the log, applied once
+    assert st["log_length"].max() >= 4  # the session, both copies: in the log, applied once
 
 
 def test_single_node_cluster(cluster_factory) -> None:

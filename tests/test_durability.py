@@ -13,7 +13,7 @@ import ray
 from raft_actors import NodeStartupError, RaftCluster, RaftConfig, RaftError
 from raft_actors.state_machines import get, put
 
-from .conftest import wait_until
+from .conftest import open_session, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -246,7 +246,7 @@ def test_snapshot_keeps_client_sessions_so_a_retry_after_compaction_is_not_appli
 
     cfg = RaftConfig(snapshot_entries=20, keep_entries=0)
     cluster = cluster_factory(num_nodes=3, state_machine=Counter, config=cfg)
-    payload = dumps([encode_request(77, 1, 1, ("add", 5))])
+    payload = dumps([encode_request(open_session(cluster.handle(cluster.leader())), 1, 1, ("add", 5))])
     first = loads(ray.get(cluster.handle(cluster.leader()).submit.remote(payload)))
     client = cluster.client()
     for _ in range(60):

@@ -36,6 +36,7 @@ def _scenario(seed: int) -> dict:
             # compact often, so that lagging and restarted nodes catch up by snapshot
             snapshot_entries=rng.choice([0, 4, 16, 64]),
             keep_entries=rng.choice([0, 2, 30]),
+            max_sessions=rng.choice([2, 3, 10_000]),  # expire sessions of busy clients
         ),
         "faults": faults,
         "num_clients": rng.choice([2, 3, 5]),

@@ -1,0 +1,95 @@
+"""Client sessions: each write applied once, a bounded session table, and sessions in snapshots."""
+
+from __future__ import annotations
+
+from raft_actors import Counter, RaftConfig, SessionExpiredError
+from raft_actors.applier import Applier
+from raft_actors.core import Entry
+from raft_actors.envelope import encode_register, encode_request
+
+
+class Log:
+    """Feeds an applier entries with consecutive indexes."""
+
+    def __init__(self, applier: Applier):
+        self.applier = applier
+
+    def _next(self, data: bytes):
+        return self.applier.apply(Entry(1, self.applier.applied_index + 1, data))
+
+    def open(self) -> int:
+        out = self._next(encode_register())
+        assert out.ok
+        return out.value
+
+    def apply(self, session: int, seq: int, command: tuple):
+        return self._next(encode_request(session, seq, seq, command))
+
+
+def test_a_session_is_opened_through_the_log_and_its_id_is_its_index() -> None:
+    log = Log(Applier(Counter()))
+    a = log.open()
+    log.apply(a, 1, ("add", 1))
+    b = log.open()
+    assert (a, b) == (1, 3) and list(log.applier.sessions) == [1, 3]
+
+
+def test_a_retried_write_returns_the_first_result_without_running_again() -> None:
+    log = Log(Applier(Counter()))
+    s = log.open()
+    assert log.apply(s, 1, ("add", 5)).value == 5
+    assert log.apply(s, 1, ("add", 5)).value == 5
+    assert log.applier.sm.value == 5
+
+
+def test_a_write_in_an_unknown_session_is_refused_not_applied() -> None:
+    log = Log(Applier(Counter()))
+    out = log.apply(42, 1, ("add", 5))
+    assert not out.ok and isinstance(out.value, SessionExpiredError)
+    assert log.applier.sm.value == 0
+
+
+def test_least_recently_used_session_expires_and_its_retry_is_refused() -> None:
+    log = Log(Applier(Counter(), max_sessions=2))
+    s1, s2 = log.open(), log.open()
+    log.apply(s1, 1, ("add", 1))
+    log.apply(s2, 1, ("add", 10))
+    log.apply(s1, 2, ("add", 1))  # session 1 used again: session 2 is now the oldest
+    s3 = log.open()  # a third session: session 2 expires
+    assert list(log.applier.sessions) == [s1, s3]
+    out = log.apply(s2, 1, ("add", 10))  # a retry of a write whose result is forgotten
+    assert not out.ok and isinstance(out.value, SessionExpiredError)
+    assert log.applier.sm.value == 12  # not applied a second time
+
+
+def test_sessions_travel_in_snapshots_in_their_order() -> None:
+    a = Applier(Counter(), max_sessions=3)
+    log = Log(a)
+    s = [log.open() for _ in range(3)]
+    for k, sid in enumerate(s):
+        log.apply(sid, 1, ("add", k + 1))
+    log.apply(s[0], 2, ("add", 1))
+    b = Applier(Counter(), max_sessions=3)
+    b.restore(b"".join(a.snapshot()), a.applied_index)
+    assert list(b.sessions) == list(a.sessions) == [s[1], s[2], s[0]]
+    assert b.sm.value == a.sm.value == 7
+    # both expire the same session next, and both refuse the same duplicate
+    for applier in (a, b):
+        lg = Log(applier)
+        lg.open()
+        assert s[1] not in applier.sessions
+        assert lg.apply(s[0], 2, ("add", 1)).value == 7  # remembered result
+        assert isinstance(lg.apply(s[1], 1, ("add", 2)).value, SessionExpiredError)
+
+
+def test_clients_whose_sessions_expire_open_new_ones_and_nothing_is_applied_twice(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3, state_machine=Counter, config=RaftConfig(max_sessions=2))
+    clients = [cluster.client() for _ in range(4)]  # more clients than sessions kept
+    first_ids = []
+    for rnd in range(5):
+        for c in clients:
+            c.submit(("add", 1))
+            if rnd == 0:
+                first_ids.append(c.client_id)
+    assert clients[0].query(("get",)) == 20  # every write applied exactly once
+    assert [c.client_id for c in clients] != first_ids  # some had to open new sessions
