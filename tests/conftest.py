@@ -39,6 +39,18 @@ def cluster_factory(ray_session: None, tmp_path) -> Iterator[Callable]:
         c.shutdown(delete_data=True)
 
 
+def cluster_with_keys(cluster_factory: Callable, n: int, **kwargs) -> tuple:
+    """A cluster launched with ``kwargs`` that has committed ``put(f"k{i}", i)`` for i < ``n``,
+    and the client that wrote them."""
+    from raft_actors.state_machines import put
+
+    cluster = cluster_factory(num_nodes=kwargs.pop("num_nodes", 3), **kwargs)
+    client = cluster.client()
+    for i in range(n):
+        client.submit(put(f"k{i}", i))
+    return cluster, client
+
+
 def open_session(handle) -> int:
     """Open a client session through node ``handle`` (the leader); returns its id."""
     import ray

@@ -22,7 +22,7 @@ from raft_actors.envelope import dumps, encode_query, encode_request, loads
 from raft_actors.linearizability import Operation, check, kv_model
 from raft_actors.state_machines import cas, get, put
 
-from .conftest import open_session, wait_until
+from .conftest import cluster_with_keys, open_session, wait_until
 
 
 def roles(cluster) -> dict[int, str]:
@@ -57,10 +57,7 @@ def test_write_then_read_at_every_consistency(cluster_factory) -> None:
 
 
 def test_new_leader_after_leader_killed_and_no_acknowledged_write_lost(cluster_factory) -> None:
-    cluster = cluster_factory(num_nodes=3)
-    client = cluster.client()
-    for i in range(20):
-        client.submit(put(f"k{i}", i))
+    cluster, client = cluster_with_keys(cluster_factory, 20)
     old = cluster.leader()
     cluster.kill(old)
     client.submit(put("after", "kill"))  # retried until a new leader takes it

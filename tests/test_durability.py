@@ -13,7 +13,7 @@ import ray
 from raft_actors import NodeStartupError, RaftCluster, RaftConfig, RaftError
 from raft_actors.state_machines import get, put
 
-from .conftest import open_session, wait_until
+from .conftest import cluster_with_keys, open_session, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -58,10 +58,7 @@ def segments(data_dir: str) -> list[str]:
 
 
 def test_killed_node_restarts_from_its_log_as_a_voter(cluster_factory) -> None:
-    cluster = cluster_factory(num_nodes=3)
-    client = cluster.client()
-    for i in range(20):
-        client.submit(put(f"k{i}", i))
+    cluster, client = cluster_with_keys(cluster_factory, 20)
     leader = cluster.leader()
     a, b = (i for i in cluster.node_ids if i != leader)
     term = int(cluster.status().loc[a, "term"])
@@ -161,15 +158,17 @@ def test_cluster_relaunched_from_its_data_directory_recovers_everything(ray_sess
 # ---------------------------------------------------------------------- damaged logs
 
 
-def test_corrupt_log_stops_the_node_with_file_and_offset_and_a_wiped_node_rejoins(cluster_factory) -> None:
-    cluster = cluster_factory(num_nodes=3, config=RaftConfig(snapshot_entries=0, snapshot_bytes=0))
-    client = cluster.client()
-    for i in range(30):
-        client.submit(put(f"k{i}", i))
+def killed_follower(cluster) -> tuple[int, str, str]:
+    """Kill a follower; returns its id, its data directory and its last log segment."""
     victim = next(i for i in cluster.node_ids if i != cluster.leader())
     data = cluster.node_data_dir(victim)
     cluster.kill(victim)
-    seg = segments(data)[-1]
+    return victim, data, segments(data)[-1]
+
+
+def test_corrupt_log_stops_the_node_with_file_and_offset_and_a_wiped_node_rejoins(cluster_factory) -> None:
+    cluster, client = cluster_with_keys(cluster_factory, 30, config=RaftConfig(snapshot_entries=0, snapshot_bytes=0))
+    victim, data, seg = killed_follower(cluster)
     with open(seg, "r+b") as f:
         size = f.seek(0, os.SEEK_END)
         f.seek(size // 2)
@@ -193,14 +192,8 @@ def test_corrupt_log_stops_the_node_with_file_and_offset_and_a_wiped_node_rejoin
 
 
 def test_torn_tail_is_cut_off_and_the_node_rejoins(cluster_factory) -> None:
-    cluster = cluster_factory(num_nodes=3)
-    client = cluster.client()
-    for i in range(10):
-        client.submit(put(f"k{i}", i))
-    victim = next(i for i in cluster.node_ids if i != cluster.leader())
-    data = cluster.node_data_dir(victim)
-    cluster.kill(victim)
-    seg = segments(data)[-1]
+    cluster, client = cluster_with_keys(cluster_factory, 10)
+    victim, _, seg = killed_follower(cluster)
     with open(seg, "ab") as f:
         f.write(b"\x40\x00\x00\x00\x12\x34")  # a record header cut short by a crash
     cluster.restart(victim)
