@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +23,8 @@ from .core.messages import SnapshotMeta
 from .errors import ClusterUnavailableError, NodeNotFoundError, NodeStartupError, RaftTimeoutError
 from .node import RaftNode, node_actor_name
 from .state_machines import KVStore
+
+log = logging.getLogger(__name__)
 
 _STATUS_TIMEOUT = 2.0
 #: environment variable naming the default root of node data directories
@@ -55,6 +58,7 @@ class RaftCluster:
         self._actor_options = actor_options
         self._owns_ray = owns_ray
         self._dead: set[int] = set()
+        self._errors: dict[int, str] = {}  # why a node is dead, when known
         self._closed = False
         self._clients: weakref.WeakSet[RaftClient] = weakref.WeakSet()
 
@@ -118,7 +122,18 @@ class RaftCluster:
         ids = list(range(1, num_nodes + 1))
         try:
             for i in ids:
-                cluster._nodes[i] = cluster._new_actor(i, ids, restarted=False)
+                cluster._nodes[i] = cluster._new_actor(i, ids, restarted=False, wait_for_start=True)
+            # a node that finds nothing while others have state (its disk was replaced or
+            # wiped, or it landed elsewhere) has lost its state: it must not vote
+            had = cluster._call_all(lambda i, h: h.has_state.remote())
+            existing = any(had.values())
+            starts = {i: h.start.remote(existing and not had.get(i, False)) for i, h in cluster._nodes.items()
+                      if i not in cluster._dead}
+            for i, ref in starts.items():
+                try:
+                    ray.get(ref, timeout=_STATUS_TIMEOUT * 30)
+                except ray.exceptions.RayTaskError as exc:  # e.g. its log is corrupt: the others go on
+                    cluster._failed(i, f"node {i} failed to start: {_summary(str(exc))}")
             cluster._connect_all()
             if wait_for_leader is not None:
                 cluster.leader(timeout=wait_for_leader)
@@ -131,18 +146,26 @@ class RaftCluster:
         """The data directory of a node (on its machine); ``None`` with in-memory storage."""
         return None if self.data_dir is None else os.path.join(self.data_dir, f"node-{node_id}")
 
-    def _new_actor(self, node_id: int, ids: list[int], restarted: bool) -> Any:
+    def _new_actor(self, node_id: int, ids: list[int], restarted: bool, wait_for_start: bool = False) -> Any:
         actor_cls = ray.remote(RaftNode).options(name=node_actor_name(self.name, node_id), **self._actor_options)
         deadline = time.monotonic() + 10
         while True:
             try:
                 return actor_cls.remote(node_id, ids, self.config, self._state_machine, False, self.name,
-                                        self.node_data_dir(node_id), restarted)
+                                        self.node_data_dir(node_id), restarted, wait_for_start)
             except ray.exceptions.ActorAlreadyExistsError:
                 # the name of an actor that just died is released a moment later
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+    def _failed(self, node_id: int, error: str) -> None:
+        """Node ``node_id`` cannot run: kill its actor, remember why (``status()`` shows it)."""
+        log.warning("%s", error)
+        with contextlib.suppress(ray.exceptions.RayError, ValueError):
+            ray.kill(self._nodes[node_id], no_restart=True)
+        self._dead.add(node_id)
+        self._errors[node_id] = error
 
     def _connect_all(self) -> None:
         live = {i: h for i, h in self._nodes.items() if i not in self._dead}
@@ -213,8 +236,10 @@ class RaftCluster:
         rows = []
         for i, st in sorted(self._statuses().items()):
             if st is None:
-                role = "dead" if i in self._dead else "unreachable"
+                role = "failed" if i in self._errors else "dead" if i in self._dead else "unreachable"
                 st = {"node": i, "role": role}
+                if i in self._errors:
+                    st["error"] = self._errors[i]
             rows.append(st)
         cols = ["node", "role", "term", "leader", "commit_index", "applied_index", "log_length", "snapshot_index",
                 "log_entries", "storage_bytes"]
@@ -284,6 +309,7 @@ class RaftCluster:
                 ray.kill(self._nodes[node_id], no_restart=True)  # releases the name of one that died alone
             self._nodes[node_id] = self._new_actor(node_id, self.node_ids, restarted=True)
             self._dead.discard(node_id)
+            self._errors.pop(node_id, None)
             self._connect_all()
         else:
             self.crash(node_id)
@@ -296,6 +322,7 @@ class RaftCluster:
                 self._dead.add(node_id)
                 cause = _startup_error(node_id, exc)
                 if cause is not None:
+                    self._errors[node_id] = str(cause)
                     raise cause from exc
                 raise
             except (ray.exceptions.RayError, TimeoutError):
@@ -398,12 +425,16 @@ class RaftCluster:
 
 
 
+
+def _summary(text: str) -> str:
+    """The gist of a remote error's text: the last line naming an exception, e.g.
+    ``CorruptStorageError: <file>: offset N: ...``."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return next((ln for ln in reversed(lines) if "Error:" in ln), lines[-1] if lines else text)
+
+
 def _startup_error(node_id: int, exc: ray.exceptions.ActorDiedError) -> NodeStartupError | None:
     """A typed error for a node actor whose constructor raised (Ray keeps only the text)."""
     if not exc.actor_init_failed:
         return None
-    text = str(exc)
-    # keep the original exception's last line, e.g. "CorruptStorageError: <file>: offset N: ..."
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    summary = next((ln for ln in reversed(lines) if "Error:" in ln), lines[-1] if lines else text)
-    return NodeStartupError(f"node {node_id} failed to start: {summary}")
+    return NodeStartupError(f"node {node_id} failed to start: {_summary(str(exc))}")

@@ -19,7 +19,7 @@ import cloudpickle
 import ray
 
 from .config import RaftConfig
-from .core import Message, MsgType, NotLeader
+from .core import HardState, Message, MsgType, NotLeader
 from .core.messages import SnapshotMeta
 from .envelope import Outcome, dumps, encode_outcomes, loads
 from .errors import CommandRejectedError, NotLeaderError
@@ -49,11 +49,15 @@ class RaftNode:
         restarted: this node ran before (the driver restarts it). A node that ran before, or
             that Ray restarted, and finds no state at all has lost it: it rejoins as a non-voter.
             With in-memory storage that is every restart.
+        wait_for_start: do not run until :meth:`start` says whether the node lost its state
+            (at launch the driver first asks every node :meth:`has_state`: a node that finds
+            nothing in a cluster whose other nodes have state lost it). A node Ray restarts
+            runs at once.
     """
 
     def __init__(self, node_id: int, voters: list[int], config: RaftConfig, state_machine: bytes,
                  lost_state: bool = False, cluster_name: str = "", data_dir: str | None = None,
-                 restarted: bool = False):
+                 restarted: bool = False, wait_for_start: bool = False):
         with warnings.catch_warnings():  # Ray's property trips its own deprecation warning
             warnings.simplefilter("ignore", DeprecationWarning)
             reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
@@ -61,29 +65,58 @@ class RaftNode:
         self.config = config
         self.cluster_name = cluster_name
         self.data_dir = data_dir
-        self.storage = MeteredStorage(
-            FileStorage(data_dir, segment_bytes=config.wal_segment_bytes) if data_dir else MemoryStorage()
-        )
-        storage = self.storage
-        lost = lost_state or ((reconstructed or restarted) and storage.is_empty())
-        self.replica = Replica(
-            node_id, voters, config, storage, cloudpickle.loads(state_machine)(), random.Random(), lost_state=lost,
-        )
-        self.replica.background_snapshots = True  # see _snapshot: the file is written off the loop
+        self._voters = voters
+        self._state_machine = state_machine
+        # whether this node stored anything here before (checked without creating anything)
+        self._had_state = data_dir is not None and FileStorage.holds_state(data_dir)
         self._snapshotting: asyncio.Task | None = None
         self.snapshot_timing: dict[str, float] = {}
-        self.transport = Transport(
-            node_id, self._lookup_peer, self._on_reply, snapshot_source=self.replica.snapshot_to_send,
-            on_snapshot_done=self._on_snapshot_done, chunk_bytes=config.snapshot_chunk_bytes,
-        )
         self._snapshots_in: dict[int, tuple[int, SnapshotMeta, bytearray]] = {}  # sender -> (term, meta, data so far)
         self.snapshot_chunks_received = 0
         self.snapshots_received = 0
         self._closed = False
         self._kick = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self.transport = Transport(
+            node_id, self._lookup_peer, self._on_reply, snapshot_source=self._snapshot_to_send,
+            on_snapshot_done=self._on_snapshot_done, chunk_bytes=config.snapshot_chunk_bytes,
+        )
+        if reconstructed or not wait_for_start:
+            self._start(lost_state or ((reconstructed or restarted) and not self._had_state))
+
+    def _start(self, lost_state: bool) -> None:
+        """Open the storage (replaying it) and run. A node that lost its state is marked so in
+        its storage before anything else is written there."""
+        mark = HardState(lost_state=True) if lost_state else None
+        self.storage = MeteredStorage(
+            FileStorage(self.data_dir, segment_bytes=self.config.wal_segment_bytes, initial_hard_state=mark)
+            if self.data_dir else MemoryStorage()
+        )
+        self.replica = Replica(
+            self.node_id, self._voters, self.config, self.storage, cloudpickle.loads(self._state_machine)(),
+            random.Random(), lost_state=lost_state,
+        )
+        self.replica.background_snapshots = True  # see _snapshot: the file is written off the loop
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._tick_loop()), loop.create_task(self._ready_loop())]
         self._kick.set()
+
+    def _snapshot_to_send(self) -> Any:
+        return self.replica.snapshot_to_send()
+
+    @property
+    def _running(self) -> bool:
+        return bool(self._tasks) and not self._closed
+
+    async def has_state(self) -> bool:
+        """Whether this node stored anything in its data directory before this start."""
+        return self._had_state
+
+    async def start(self, lost_state: bool) -> None:
+        """Start a node created with ``wait_for_start``; ``lost_state``: it lost its state and
+        joins as a non-voter."""
+        if not self._tasks:
+            self._start(lost_state)
 
     def _lookup_peer(self, peer: int) -> Any:
         try:
@@ -168,7 +201,7 @@ class RaftNode:
         Handles them at once (persisting before anything is sent) and returns this node's
         messages for ``sender`` as one pickled batch; others go out through the transport.
         """
-        if self._closed or not self.transport.allows(sender):
+        if not self._running or not self.transport.allows(sender):
             return None
         self._step_all(payload)
         return self._answer(sender)
@@ -181,7 +214,7 @@ class RaftNode:
         and the leader sends the snapshot again later); the last chunk installs the snapshot and
         returns this node's answer, as :meth:`receive` does.
         """
-        if self._closed or not self.transport.allows(sender):
+        if not self._running or not self.transport.allows(sender):
             return None
         if offset == 0:
             self._snapshots_in[sender] = (term, meta, bytearray())
@@ -207,8 +240,9 @@ class RaftNode:
 
         def handle() -> None:
             out = self.replica.process_ready()
-            replies.extend(m for m in out if m.to == sender)
-            self.transport.send([m for m in out if m.to != sender])
+            # a snapshot travels on its own (in chunks, with its state): never in a reply
+            replies.extend(m for m in out if m.to == sender and m.type != MsgType.SNAPSHOT)
+            self.transport.send([m for m in out if m.to != sender or m.type == MsgType.SNAPSHOT])
 
         self._guard(handle)
         self._maybe_snapshot()
@@ -222,7 +256,7 @@ class RaftNode:
         self._kick.set()
 
     def _on_reply(self, sender: int, payload: bytes) -> None:
-        if not self._closed and self.transport.allows(sender):
+        if self._running and self.transport.allows(sender):
             self._step_all(payload)
             self._kick.set()
 
@@ -238,8 +272,8 @@ class RaftNode:
         Returns the pickled list of :class:`~raft_actors.envelope.Outcome`, one per request.
         """
         requests = loads(payload)
-        if self._closed:
-            return encode_outcomes([Outcome(False, NotLeaderError(0, "the node is shutting down"))] * len(requests))
+        if not self._running:
+            return encode_outcomes([Outcome(False, NotLeaderError(0, "the node is not running"))] * len(requests))
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in requests]
         try:
@@ -252,6 +286,8 @@ class RaftNode:
     async def read(self, payload: bytes, mode: str) -> bytes:
         """Run a batch of encoded queries at consistency ``mode`` (linearizable, follower or
         stale). Returns the pickled list of outcomes, one per query."""
+        if not self._running:
+            return encode_outcomes([Outcome(False, NotLeaderError(0, "the node is not running"))] * len(loads(payload)))
         outcomes: list[Outcome | None] = []
         queries = []
         for data in loads(payload):
@@ -273,6 +309,8 @@ class RaftNode:
 
     async def transfer_leadership(self, to: int) -> None:
         """Start handing leadership to node ``to`` (this node must be the leader)."""
+        if not self._running:
+            raise NotLeaderError(0, "the node is not running")
         try:
             self.replica.core.transfer_leader(to)
         except NotLeader as exc:
@@ -281,6 +319,8 @@ class RaftNode:
 
     # ------------------------------------------------------------------ admin
     async def status(self) -> dict[str, Any]:
+        if not self._tasks:
+            return {"node": self.node_id, "role": "starting", "pid": os.getpid()}
         st = self.replica.status()
         st["pid"] = os.getpid()
         st["blocked"] = sorted(self.transport.blocked)
@@ -308,10 +348,13 @@ class RaftNode:
 
     async def reset_metrics(self) -> None:
         """Start the storage's sync statistics afresh (benchmarks measure one phase at a time)."""
-        self.storage.reset()
+        if self._tasks:
+            self.storage.reset()
 
     async def take_snapshot(self) -> SnapshotMeta | None:
         """Snapshot the state machine and compact the log now (as done past ``snapshot_entries``)."""
+        if not self._running:
+            return None
         while self._snapshotting is not None:
             await asyncio.shield(self._snapshotting)
         task = self._snapshotting = asyncio.get_running_loop().create_task(self._snapshot())
@@ -319,11 +362,12 @@ class RaftNode:
 
     async def destroy_data(self) -> None:
         """Stop this node and delete its data directory (the node is about to be killed)."""
-        self._closed = True
+        started, self._closed = bool(self._tasks), True
         for t in self._tasks:
             t.cancel()
-        self.replica.fail_all(NotLeaderError(0, "the node is shutting down"))
-        self.replica.storage.close()
+        if started:
+            self.replica.fail_all(NotLeaderError(0, "the node is shutting down"))
+            self.replica.storage.close()
         if self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

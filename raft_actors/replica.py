@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 from .applier import Applier
 from .config import RaftConfig
-from .core import Message, NotLeader, ProposalDropped, RaftCore, Ready, Role
+from .core import Message, MsgType, NotLeader, ProposalDropped, RaftCore, Ready, Role
 from .core.messages import SnapshotMeta
 from .envelope import Outcome, decode_request
 from .errors import CommandRejectedError, LeadershipLostError, NotLeaderError, RaftTimeoutError
@@ -72,6 +72,8 @@ class Replica:
         if rec.snapshot is not None and rec.snapshot_data is not None:
             self.applier.restore(rec.snapshot_data, rec.snapshot.index)
         self.core = RaftCore(node_id, voters, config, rng, rec.hard_state, rec.entries, lost_state, rec.snapshot)
+        if self.core.lost_state and not rec.hard_state.lost_state:
+            self.mark_lost_state()
         self.observer = observer
         self._snap_index = self.core.snapshot.index  # entries applied since then count toward the next
         self._bytes_since_snap = 0
@@ -91,6 +93,13 @@ class Replica:
     @property
     def id(self) -> int:
         return self.core.id
+
+    def mark_lost_state(self) -> None:
+        """This node lost its state: from now on a non-voter (see ``RaftCore``). The mark is
+        made durable at once, before the node does anything else."""
+        self.core.lost_state = True
+        self.storage.set_hard_state(self.core.hard_state)
+        self.storage.sync()
 
     # ------------------------------------------------------------------ inputs
     def tick(self) -> None:
@@ -116,6 +125,10 @@ class Replica:
                 self._waiting = keep
 
     def step(self, message: Message) -> None:
+        if message.type == MsgType.SNAPSHOT:
+            # the state travels beside the message: only install_snapshot may deliver one
+            log.warning("node %s: ignoring a snapshot message without its state from %s", self.id, message.frm)
+            return
         self.core.step(message)
 
     def install_snapshot(self, message: Message, data: bytes) -> None:
@@ -126,7 +139,7 @@ class Replica:
         """
         if message.snapshot is None:
             raise ValueError("not a snapshot message")
-        self._incoming[message.snapshot] = data
+        self._incoming = {message.snapshot: data}  # the core takes it in the next ready, or never
         self.core.step(message)
 
     def snapshot_to_send(self) -> tuple[SnapshotMeta, int, BinaryIO] | None:
@@ -234,11 +247,11 @@ class Replica:
                     cb(Outcome(False, err))
             if self.observer is not None:
                 self.observer(self, rd)
+        self._incoming.clear()  # a snapshot the core did not take is not needed
         return out
 
     def _install(self, meta: SnapshotMeta) -> None:
         data = self._incoming.pop(meta)
-        self._incoming.clear()
         # restore first: a snapshot the state machine cannot load must not replace the log
         self.applier.restore(data, meta.index)
         self.storage.install_snapshot(meta, data)

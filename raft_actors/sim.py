@@ -37,6 +37,7 @@ from .storage.simdisk import SimCrash, SimDisk
 
 #: each simulated node keeps its data here, on its own simulated disk
 _DATA_DIR = "/data"
+_DIRECTORY_OPS = frozenset({"create", "rename", "remove", "sync_dir", "truncate"})
 
 #: a workload returns ("write", command) or ("read", query) for a client, given the sim's rng
 Workload = Callable[[random.Random, int, int], tuple[str, Any]]
@@ -175,6 +176,7 @@ class Simulator:
         # each node runs the real write-ahead log on a simulated disk that loses unsynced writes
         self.disks = {i: SimDisk(random.Random(self.rng.getrandbits(64))) for i in self.ids}
         self.lost_storage: set[int] = set()
+        self.started: set[int] = set()  # nodes that ran before: one that comes back empty lost its state
         self.nodes: dict[int, Replica | None] = {}
         self.cut: set[tuple[int, int]] = set()  # (from, to) links that carry nothing
         self.clients = [_Client(1000 + c) for c in range(num_clients)]
@@ -182,6 +184,9 @@ class Simulator:
         self.violations: list[str] = []
         self.leaders: dict[int, int] = {}
         self.committed: dict[int, Entry] = {}
+        # the term of the node that first saw each index committed: it was committed in that
+        # term or earlier, so every leader of a later term must hold it (leader completeness)
+        self._commit_term: dict[int, int] = {}
         self.applied: dict[int, Entry] = {}
         self._seen_commit: dict[int, int] = {}
         self._seen_applied: dict[int, int] = {}
@@ -235,12 +240,26 @@ class Simulator:
     # ------------------------------------------------------------------ nodes
     def _start_node(self, i: int) -> None:
         disk = self.disks[i]
-        disk.disarm()
-        storage = FileStorage(_DATA_DIR, fs=disk, segment_bytes=2048)  # small: segments roll and get deleted
-        node = Replica(
-            i, self.ids, self.cfg, storage, self.sm_factory(),
-            random.Random(self.rng.getrandbits(64)), observer=self._observe,
-        )
+        if self.faults_on and i in self.started and self.rng.random() < self.faults.torn_crash / 4:
+            disk.arm(1 + self.rng.randrange(3))  # strike again while it recovers and marks itself
+        else:
+            disk.disarm()
+        try:
+            # as the node actor decides: a node that ran before and finds nothing lost its state,
+            # and the mark goes to disk with the very first segment
+            lost = i in self.started and not FileStorage.holds_state(_DATA_DIR, disk)
+            storage = FileStorage(_DATA_DIR, fs=disk, segment_bytes=2048,  # small: segments roll and get deleted
+                                  initial_hard_state=HardState(lost_state=True) if lost else None)
+            node = Replica(
+                i, self.ids, self.cfg, storage, self.sm_factory(), random.Random(self.rng.getrandbits(64)),
+                lost_state=lost, observer=self._observe,
+            )
+        except SimCrash:
+            self.stats["torn_crashes"] += 1
+            disk.crash()
+            self._at(1 + self.rng.randrange(self.faults.max_downtime), lambda: self._restart(i))
+            return
+        self.started.add(i)
         self.nodes[i] = node
         self._seen_commit[i] = node.core.log.commit
         self._seen_applied[i] = node.applier.applied_index  # restored from its snapshot
@@ -284,8 +303,10 @@ class Simulator:
             leaders = [j for j in up if (n := self.nodes[j]) is not None and n.core.role == Role.LEADER]
             i = self.rng.choice(leaders if leaders and self.rng.random() < self.faults.target_leader else up)
             if self.rng.random() < self.faults.torn_crash:
-                # strike during one of the next file operations; if none comes soon, crash anyway
-                self.disks[i].arm(1 + self.rng.randrange(8))
+                # strike during one of the next file operations (sometimes one of the rarer ones
+                # of snapshots and compaction); if none comes soon, crash anyway
+                kinds = _DIRECTORY_OPS if self.rng.random() < 0.3 else None
+                self.disks[i].arm(1 + self.rng.randrange(8 if kinds is None else 2), kinds)
                 self._at(1 + self.rng.randrange(100), lambda: self._crash(i) if self.disks[i].armed else None)
             else:
                 self._crash(i)
@@ -304,12 +325,8 @@ class Simulator:
         quorum = len(self.ids) // 2 + 1
         if (self.rng.random() < self.faults.lose_storage and i not in self.lost_storage
                 and len(self.lost_storage) + 1 <= len(self.ids) - quorum):
-            # the disk is gone: the node comes back empty, marked as having lost its state
+            # the disk is gone: the node comes back empty and knows it lost its state
             disk.wipe()
-            fresh = FileStorage(_DATA_DIR, fs=disk)
-            fresh.set_hard_state(HardState(lost_state=True))
-            fresh.sync()
-            fresh.close()
             self.lost_storage.add(i)
         self._at(1 + self.rng.randrange(self.faults.max_downtime), lambda: self._restart(i))
 
@@ -496,7 +513,7 @@ class Simulator:
             else:
                 self.stats["elections"] += 1
                 for idx, e in self.committed.items():
-                    if idx > core.log.offset and core.log.term(idx) != e.term:
+                    if self._commit_term[idx] < core.term and idx > core.log.offset and core.log.term(idx) != e.term:
                         self._violation(f"leader {i} of term {core.term} lacks committed entry {idx} (term {e.term})")
                         break
         if rd.snapshot is not None:
@@ -512,6 +529,7 @@ class Simulator:
         commit = core.log.commit
         for idx in range(max(self._seen_commit[i], core.log.offset) + 1, commit + 1):
             e = core.log.slice(idx, idx + 1)[0]
+            self._commit_term.setdefault(idx, core.term)
             known = self.committed.setdefault(idx, e)
             if known != e:
                 self._violation(f"node {i} committed {e} at {idx}, but {known} was committed there")

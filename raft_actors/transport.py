@@ -99,10 +99,13 @@ class Transport:
         return out
 
     def send(self, messages: list[Message]) -> None:
-        for m in self.faulty(messages):
+        plain = []
+        for m in messages:
             if m.type == MsgType.SNAPSHOT:
-                self._start_snapshot(m)
-                continue
+                self._start_snapshot(m)  # its chunks meet the injected faults on the way
+            else:
+                plain.append(m)
+        for m in self.faulty(plain):
             q = self._queues.setdefault(m.to, [])
             if len(q) >= self.max_queue:
                 del q[: len(q) // 2]  # a peer that is gone must not eat all memory
@@ -134,8 +137,9 @@ class Transport:
         task.add_done_callback(self._tasks.discard)
 
     def _start_snapshot(self, m: Message) -> None:
+        """Stream the snapshot ``m`` asks for; every SNAPSHOT message ends in exactly one report."""
         if m.to in self._streaming:
-            return  # one at a time per peer; the core waits for the report of that one
+            return  # one at a time per peer: the one under way reports, and the core waits for it
         self._streaming.add(m.to)
         task = asyncio.get_running_loop().create_task(self._stream_snapshot(m))
         self._tasks.add(task)
@@ -156,8 +160,8 @@ class Transport:
                     done = offset + len(chunk) >= size
                     if not chunk and not done:
                         raise OSError(f"snapshot file ended at {offset} of {size} bytes")
-                    if peer in self.blocked:
-                        return
+                    if peer in self.blocked or (self.drop_rate and self._rng.random() < self.drop_rate):
+                        return  # an injected fault: the transfer fails (and is reported)
                     self.sent_calls += 1
                     answer = await asyncio.wait_for(
                         handle.receive_snapshot.remote(self.node_id, m.term, meta, offset, size, chunk, done),

@@ -155,6 +155,21 @@ def test_cluster_relaunched_from_its_data_directory_recovers_everything(ray_sess
     assert not tmp_path.exists()
 
 
+def test_relaunch_with_a_node_whose_data_is_gone_makes_it_a_non_voter(ray_session, tmp_path) -> None:
+    import shutil
+
+    with RaftCluster.launch(num_nodes=3, name="relaunch-wiped", data_dir=tmp_path) as cluster:
+        cluster.client().submit(put("kept", 1))
+        gone = cluster.node_data_dir(3)
+    shutil.rmtree(gone)  # say its disk was replaced while the cluster was down
+    with RaftCluster.launch(num_nodes=3, name="relaunch-wiped", data_dir=tmp_path) as again:
+        assert roles(again)[3] == "non-voter"  # it must not vote with an empty log
+        assert again.client().query(get("kept")) == 1
+        wait_until(lambda: converged(again), what="the wiped node to catch up")
+        assert stale_state(again, 3)["kept"] == 1
+        again.shutdown(delete_data=True)
+
+
 # ---------------------------------------------------------------------- damaged logs
 
 
@@ -231,6 +246,50 @@ def test_node_down_for_thousands_of_entries_catches_up_by_snapshot(cluster_facto
     client.submit(put("later", 1))
     wait_until(lambda: converged(cluster), what="replication after the snapshot")
     assert stale_state(cluster, victim)["later"] == 1
+
+
+def test_snapshot_transfer_cut_by_partitions_and_lossy_links_still_completes(cluster_factory) -> None:
+    """Every snapshot the leader means to send ends in a report, even when a partition or an
+    injected loss stops it; after healing, the follower catches up."""
+    cfg = RaftConfig(snapshot_entries=50, keep_entries=0, snapshot_chunk_bytes=1024)
+    cluster = cluster_factory(num_nodes=3, config=cfg)
+    leader = cluster.leader()
+    victim = next(i for i in cluster.node_ids if i != leader)
+    cluster.partition([victim])
+    bulk_write(cluster, 400, "p", size=64)
+    for round_ in range(3):  # heal, let a transfer start, cut it again, write more
+        cluster.heal()
+        wait_until(lambda: cluster.status().loc[victim, "snapshot_chunks_received"] > 0, what="a transfer")
+        cluster.partition([victim])
+        bulk_write(cluster, 100, f"q{round_}-", size=64)
+    cluster.heal()
+    cluster.inject(leader, drop_rate=0.5)  # half of everything the leader sends is lost
+    bulk_write(cluster, 100, "r", size=64)
+    cluster.heal()
+    wait_until(lambda: converged(cluster), timeout=60, what="the follower to catch up after the faults")
+    assert stale_state(cluster, victim)["r99"] == "v" * 64
+
+
+def test_lagging_follower_serving_follower_reads_catches_up_by_snapshot(cluster_factory) -> None:
+    """A lagging follower's own requests to the leader (ReadIndex for follower reads) are
+    answered in the call's return value; a snapshot must never ride in such an answer."""
+    cfg = RaftConfig(snapshot_entries=50, keep_entries=0)
+    cluster = cluster_factory(num_nodes=3, config=cfg)
+    victim = next(i for i in cluster.node_ids if i != cluster.leader())
+    pid = int(cluster.status().loc[victim, "pid"])
+    cluster.partition([victim])
+    bulk_write(cluster, 300, "k")
+    cluster.heal()
+
+    async def reads() -> None:  # follower reads, many at once: half go to the lagging node
+        client = cluster.async_client()
+        for _ in range(20):
+            await asyncio.gather(*(client.query(get("k299"), consistency="follower") for _ in range(50)))
+        await client.aclose()
+
+    asyncio.run(reads())
+    wait_until(lambda: converged(cluster), what="catch-up")
+    assert int(cluster.status().loc[victim, "pid"]) == pid  # it never crashed
 
 
 def test_snapshot_keeps_client_sessions_so_a_retry_after_compaction_is_not_applied_twice(cluster_factory) -> None:

@@ -369,6 +369,21 @@ def test_is_empty_and_size(tmp_path: Path) -> None:
     assert FileStorage(SIM_DIR, disk).is_empty()
 
 
+def test_holds_state_and_an_initial_hard_state_written_with_the_first_segment(tmp_path: Path) -> None:
+    d = str(tmp_path / "s")
+    assert not FileStorage.holds_state(d)
+    s = FileStorage(d, initial_hard_state=HardState(lost_state=True))
+    assert s.load().hard_state == HardState(lost_state=True)
+    s.close()  # nothing synced by the caller: the mark came with the segment itself
+    assert FileStorage.holds_state(d)
+    again = FileStorage(d, initial_hard_state=HardState())  # ignored: the directory has a log
+    assert again.load().hard_state == HardState(lost_state=True) and not again.is_empty()
+    disk = SimDisk(random.Random(1))
+    FileStorage(SIM_DIR, disk, initial_hard_state=HardState(lost_state=True))
+    disk.crash()  # the first segment was synced with its directory before the constructor returned
+    assert FileStorage(SIM_DIR, disk).load().hard_state.lost_state
+
+
 # -- property tests against MemoryStorage ---------------------------------------------------------
 
 

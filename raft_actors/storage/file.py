@@ -197,7 +197,8 @@ class FileStorage:
         repaired_bytes: bytes of torn writes cut off the end of the log when it was opened.
     """
 
-    def __init__(self, path: str, fs: FileSystem | None = None, segment_bytes: int = 64 * 2**20):
+    def __init__(self, path: str, fs: FileSystem | None = None, segment_bytes: int = 64 * 2**20,
+                 initial_hard_state: HardState | None = None):
         if segment_bytes < 1:
             raise ValueError("segment_bytes must be positive")
         self.path = path
@@ -207,6 +208,7 @@ class FileStorage:
         self._file: AppendFile | None = None
         self._closed = False
         self._broken: BaseException | None = None
+        self._initial_hs = initial_hard_state
         self.fs.makedirs(path)
         try:
             rep = self._open()
@@ -226,6 +228,8 @@ class FileStorage:
             self.fs.truncate(path, pos)
             self.repaired_bytes += n - pos
         self._empty = not rep.had_files
+        if self._empty and self._initial_hs is not None:
+            rep.hard_state = self._initial_hs  # written with the very first segment, atomically
         self._hs = rep.hard_state
         self._snap = rep.snapshot
         self._fvs = rep.snapshot.fvs if rep.snapshot else 0
@@ -367,6 +371,7 @@ class FileStorage:
             n += 1
         for seg in segs[:n]:
             self._guarded(self.fs.remove, seg.path)
+            self._guarded(self.fs.sync_dir, self.path)  # one at a time, front first: never a gap
             del segs[0]
 
     def open_snapshot(self) -> tuple[SnapshotMeta, int, BinaryIO] | None:
@@ -384,8 +389,20 @@ class FileStorage:
             raise
         return snap.meta, snap.data_len, reader
 
+    @staticmethod
+    def holds_state(path: str, fs: FileSystem | None = None) -> bool:
+        """Whether directory ``path`` holds a log or a snapshot (without opening or changing it):
+        a node whose directory does not was never started there, or lost its data."""
+        fs = fs if fs is not None else OsFileSystem()
+        if not fs.exists(path):
+            return False
+        return any(n == SNAPSHOT_NAME or _SEGMENT_RE.match(n) for n in fs.listdir(path))
+
     def is_empty(self) -> bool:
-        """Whether the directory held no WAL segment and no snapshot when this was opened."""
+        """Whether the directory held no WAL segment and no snapshot when this was opened.
+
+        ``initial_hard_state`` (for example one marking a node that lost its state) is written
+        with the first segment of such a directory, so it holds from the first byte on disk."""
         return self._empty
 
     def size(self) -> int:

@@ -117,15 +117,19 @@ class SimDisk:
         self.ops = 0
         self.counts: Counter[str] = Counter()
         self.crashes = 0
+        self._armed_kinds: frozenset[str] | None = None
 
     # -- crash control -------------------------------------------------------------------
 
-    def arm(self, ops: int) -> None:
-        """Crash at the ``ops``-th next mutating operation (1 = the very next one): it raises
+    def arm(self, ops: int, kinds: frozenset[str] | None = None) -> None:
+        """Crash at the ``ops``-th next mutating operation (1 = the very next one), counting only
+        operations of ``kinds`` if given (e.g. ``{"rename", "remove", "sync_dir"}`` to strike
+        while snapshots are saved or installed and segments deleted): it raises
         :class:`SimCrash`, either before doing the operation or just after (chosen with the rng)."""
         if ops < 1:
             raise ValueError("ops must be >= 1")
         self._armed = ops
+        self._armed_kinds = kinds
 
     def disarm(self) -> None:
         """Cancel :meth:`arm`."""
@@ -141,7 +145,7 @@ class SimDisk:
         caller must raise it right after doing the operation."""
         self.ops += 1
         self.counts[kind] += 1
-        if self._armed:
+        if self._armed and (self._armed_kinds is None or kind in self._armed_kinds):
             self._armed -= 1
             if self._armed == 0:
                 if self.rng.random() < 0.5:
