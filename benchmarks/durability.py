@@ -146,7 +146,7 @@ def long_run(ops: int = 1_000_000, snapshot_entries: int = 100_000, keys: int = 
              interval: float = 0.25) -> pd.DataFrame:
     """Disk and memory of every node, sampled through a run of ``ops`` writes over ``keys``
     keys, with a snapshot and compaction every ``snapshot_entries`` entries."""
-    cfg = RaftConfig(snapshot_entries=snapshot_entries)
+    cfg = RaftConfig(snapshot_entries=snapshot_entries, **({} if snapshot_entries else {"snapshot_bytes": 0}))
     samples: list[dict[str, Any]] = []
     done = [0]
     with tempfile.TemporaryDirectory() as tmp, RaftCluster.launch(3, KVStore, cfg, data_dir=tmp) as cl:
@@ -177,6 +177,22 @@ def long_run(ops: int = 1_000_000, snapshot_entries: int = 100_000, keys: int = 
     df = pd.DataFrame(samples)
     df.attrs["seconds"] = secs
     return df
+
+
+def end_state(runs: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per run: the leader's disk, log entries in memory and resident memory at the end, and
+    their largest values during the run."""
+    rows = []
+    for name, df in runs.items():
+        lead = df[df["leader"]].sort_values("t_s")
+        last = lead.iloc[-1]
+        rows.append({
+            "run": name, "ops": int(last["ops_done"]), "seconds": df.attrs.get("seconds", float("nan")),
+            "disk_MiB_end": last["storage_bytes"] / 2**20, "disk_MiB_max": lead["storage_bytes"].max() / 2**20,
+            "log_entries_end": int(last["log_entries"]), "log_entries_max": int(lead["log_entries"].max()),
+            "rss_MiB_end": last["rss_bytes"] / 2**20, "rss_MiB_max": lead["rss_bytes"].max() / 2**20,
+        })
+    return pd.DataFrame(rows)
 
 
 def _ping_while(handle: Any, busy: threading.Event, out: list[float]) -> None:
@@ -274,20 +290,22 @@ def _show(title: str, df: pd.DataFrame) -> None:
     print(tabulate(df, headers="keys", tablefmt="github", floatfmt=".3g", showindex=False))
 
 
-def _plot(df: pd.DataFrame, path: str) -> bool:
+def _plot(runs: dict[str, pd.DataFrame], path: str) -> bool:
+    """The leader's disk, log and memory through each run (needs the ``plot`` extra)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        print("(no plot: pip install matplotlib, or the project's [plot] extra)")
         return False
     fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
-    for node, g in df.groupby("node"):
-        g = g.sort_values("t_s")
-        axes[0].plot(g["ops_done"], g["storage_bytes"] / 2**20, label=f"node {node}")
-        axes[1].plot(g["ops_done"], g["log_entries"], label=f"node {node}")
-        axes[2].plot(g["ops_done"], g["rss_bytes"] / 2**20, label=f"node {node}")
+    for name, df in runs.items():
+        g = df[df["leader"]].sort_values("t_s")
+        axes[0].plot(g["ops_done"], g["storage_bytes"] / 2**20, label=name)
+        axes[1].plot(g["ops_done"], g["log_entries"], label=name)
+        axes[2].plot(g["ops_done"], g["rss_bytes"] / 2**20, label=name)
     for ax, label in zip(axes, ["disk (MiB)", "log entries in memory", "resident memory (MiB)"]):
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -326,7 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         results["compactions"] = compaction_table(run)
         _show(f"disk and memory around each compaction ({ops:,} ops in {run.attrs['seconds']:.0f} s)",
               results["compactions"])
-        if _plot(run, os.path.join(a.out, "long_run.png")):
+        off = results["long_run_no_snapshots"] = long_run(ops, snapshot_entries=0)
+        runs = {f"snapshot every {config['snapshot_entries']:,} entries": run, "no snapshots": off}
+        results["end_state"] = end_state(runs)
+        _show("the leader at the end of the run, with and without snapshots", results["end_state"])
+        if _plot(runs, os.path.join(a.out, "long_run.png")):
             print(f"\nplot: {os.path.join(a.out, 'long_run.png')}")
     for name, df in results.items():
         df.to_csv(os.path.join(a.out, f"{name}.csv"), index=False)
