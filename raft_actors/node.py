@@ -216,8 +216,8 @@ class RaftNode:
         """
         if not self._running or not self.transport.allows(sender):
             return None
-        if offset == 0:
-            self._snapshots_in[sender] = (term, meta, bytearray())
+        if offset == 0:  # a new transfer: any unfinished one (an earlier leader's) is dropped
+            self._snapshots_in = {sender: (term, meta, bytearray())}
         got = self._snapshots_in.get(sender)
         if got is None or got[0] != term or got[1] != meta or len(got[2]) != offset:
             self._snapshots_in.pop(sender, None)
