@@ -50,6 +50,13 @@ def batch(term: int, first: int, n: int, tag: bytes = b"c") -> list[Entry]:
     return [ent(term, i, tag + str(i).encode()) for i in range(first, first + n)]
 
 
+def synced_batches(storage: Any, n: int) -> None:
+    """Entries 1..3n of term 1, in ``n`` synced batches of 3."""
+    for i in range(n):
+        storage.append(batch(1, 3 * i + 1, 3))
+        storage.sync()
+
+
 def segments(path: str | Path) -> list[str]:
     return sorted(n for n in os.listdir(path) if n.startswith("wal-"))
 
@@ -204,12 +211,17 @@ def test_save_snapshot_keeps_later_entries(tmp_path: Path) -> None:
         p.file.save_snapshot(SnapshotMeta(3, 1, (1,)), b"older than the compaction")
 
 
-def test_staged_snapshot_is_adopted_without_writing_it_again(tmp_path: Path) -> None:
-    d = tmp_path / "s"
+def ten_entries_eight_committed(d: Path) -> Pair:
     p = Pair(str(d))
     p.append(batch(1, 1, 10))
     p.set_hard_state(HardState(1, 1, 8))
     p.sync()
+    return p
+
+
+def test_staged_snapshot_is_adopted_without_writing_it_again(tmp_path: Path) -> None:
+    d = tmp_path / "s"
+    p = ten_entries_eight_committed(d)
     meta = SnapshotMeta(6, 1, (1, 2))
     staged = p.file.stage_snapshot(meta, b"six")
     assert (d / "snapshot.staging").exists() and not (d / SNAPSHOT_NAME).exists()
@@ -227,11 +239,7 @@ def test_staged_snapshot_is_adopted_without_writing_it_again(tmp_path: Path) -> 
 
 
 def test_staged_snapshot_made_stale_by_an_install_is_not_adopted(tmp_path: Path) -> None:
-    d = tmp_path / "s"
-    p = Pair(str(d))
-    p.append(batch(1, 1, 10))
-    p.set_hard_state(HardState(1, 1, 8))
-    p.sync()
+    p = ten_entries_eight_committed(tmp_path / "s")
     staged = p.file.stage_snapshot(SnapshotMeta(6, 1, (1, 2)), b"six")
     p.install_snapshot(SnapshotMeta(30, 2, (1, 2)), b"leader")
     # a later local snapshot handed the stale staging file writes afresh
@@ -256,9 +264,7 @@ def test_leftover_staging_file_is_removed_at_recovery(tmp_path: Path) -> None:
 def test_install_snapshot_replaces_the_log(tmp_path: Path) -> None:
     d = str(tmp_path / "s")
     p = Pair(d, segment_bytes=200)
-    for i in range(10):
-        p.append(batch(1, 3 * i + 1, 3))
-        p.sync()
+    synced_batches(p, 10)
     p.set_hard_state(HardState(4, 2, 20))
     p.append(batch(1, 31, 3))  # buffered, dropped by the install
     old = segments(d)
@@ -281,9 +287,7 @@ def test_install_snapshot_replaces_the_log(tmp_path: Path) -> None:
 def test_compaction_beyond_the_snapshot_keeps_the_entries_after_it(tmp_path: Path) -> None:
     d = str(tmp_path / "s")
     s = FileStorage(d, segment_bytes=150)
-    for i in range(10):
-        s.append(batch(1, 3 * i + 1, 3))
-        s.sync()
+    synced_batches(s, 10)
     s.set_hard_state(HardState(1, 1, 30))
     s.save_snapshot(SnapshotMeta(9, 1, (1,)), b"nine")
     s.compact(20)  # beyond the snapshot: entries 10..20 are still needed after a restart
