@@ -79,8 +79,13 @@ class Applier:
             out = Outcome(False, CommandError.from_exception(exc))
         session.results[req.seq] = out
         if req.ack > session.floor:
+            results = session.results
+            if req.ack - session.floor <= len(results):  # drop what the client acknowledged
+                for s in range(session.floor, req.ack):
+                    results.pop(s, None)
+            else:
+                session.results = {s: o for s, o in results.items() if s >= req.ack}
             session.floor = req.ack
-            session.results = {s: o for s, o in session.results.items() if s >= req.ack}
         return out
 
     def snapshot(self) -> list[bytes]:

@@ -75,7 +75,7 @@ class RaftNode:
         self.snapshot_chunks_received = 0
         self.snapshots_received = 0
         self._closed = False
-        self._kick = asyncio.Event()
+        self._ready_scheduled = False
         self._tasks: list[asyncio.Task] = []
         self.transport = Transport(
             node_id, self._lookup_peer, self._on_reply, snapshot_source=self._snapshot_to_send,
@@ -98,8 +98,8 @@ class RaftNode:
         )
         self.replica.background_snapshots = True  # see _snapshot: the file is written off the loop
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._tick_loop()), loop.create_task(self._ready_loop())]
-        self._kick.set()
+        self._tasks = [loop.create_task(self._tick_loop())]
+        self._kick()
 
     def _snapshot_to_send(self) -> Any:
         return self.replica.snapshot_to_send()
@@ -133,17 +133,19 @@ class RaftNode:
             await asyncio.sleep(max(0.0, next_tick - loop.time()))
             next_tick = max(next_tick + interval, loop.time())
             self._guard(self.replica.tick)
-            self._kick.set()
+            self._kick()
 
-    async def _ready_loop(self) -> None:
-        while True:
-            await self._kick.wait()
-            self._kick.clear()
-            self._guard(self._process_ready)
+    def _kick(self) -> None:
+        """Process what is ready soon: once for everything that arrives in this turn of the
+        event loop (one fsync for all of it), before the loop waits for more."""
+        if not self._ready_scheduled:
+            self._ready_scheduled = True
+            asyncio.get_running_loop().call_soon(self._process_ready)
 
     def _process_ready(self) -> None:
+        self._ready_scheduled = False
         if not self._closed:
-            self.transport.send(self.replica.process_ready())
+            self._guard(lambda: self.transport.send(self.replica.process_ready()))
             self._maybe_snapshot()
 
     def _maybe_snapshot(self) -> None:
@@ -253,12 +255,12 @@ class RaftNode:
         if reply is not None:
             self._on_reply(peer, reply)
         self._guard(lambda: self.replica.report_snapshot(peer, delivered))
-        self._kick.set()
+        self._kick()
 
     def _on_reply(self, sender: int, payload: bytes) -> None:
         if self._running and self.transport.allows(sender):
             self._step_all(payload)
-            self._kick.set()
+            self._kick()
 
     def _step_all(self, payload: bytes) -> None:
         step = self.replica.step
@@ -274,14 +276,27 @@ class RaftNode:
         requests = loads(payload)
         if not self._running:
             return encode_outcomes([Outcome(False, NotLeaderError(0, "the node is not running"))] * len(requests))
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in requests]
+        done = asyncio.get_running_loop().create_future()
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        left = [len(requests)]
+
+        def resolver(k: int) -> Any:
+            def resolve(outcome: Outcome) -> None:
+                if outcomes[k] is None:
+                    outcomes[k] = outcome
+                    left[0] -= 1
+                    if not left[0] and not done.done():
+                        done.set_result(None)
+            return resolve
+
         try:
-            self.replica.propose(requests, [_resolver(f) for f in futures])
+            self.replica.propose(requests, [resolver(k) for k in range(len(requests))])
         except NotLeaderError as exc:
             return encode_outcomes([Outcome(False, exc)] * len(requests))
-        self._kick.set()
-        return encode_outcomes(list(await asyncio.gather(*futures)))
+        self._kick()
+        if left[0]:
+            await done  # one wake-up for the whole batch
+        return encode_outcomes(outcomes)  # type: ignore[arg-type]
 
     async def read(self, payload: bytes, mode: str) -> bytes:
         """Run a batch of encoded queries at consistency ``mode`` (linearizable, follower or
@@ -300,7 +315,7 @@ class RaftNode:
             future = asyncio.get_running_loop().create_future()
             try:
                 self.replica.read(queries, mode, _resolver(future))
-                self._kick.set()
+                self._kick()
                 answers = iter(await future)
             except NotLeaderError as exc:
                 answers = iter([Outcome(False, exc)] * len(queries))
@@ -315,7 +330,7 @@ class RaftNode:
             self.replica.core.transfer_leader(to)
         except NotLeader as exc:
             raise NotLeaderError(exc.leader) from None
-        self._kick.set()
+        self._kick()
 
     # ------------------------------------------------------------------ admin
     async def status(self) -> dict[str, Any]:

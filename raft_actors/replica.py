@@ -75,6 +75,8 @@ class Replica:
         if self.core.lost_state and not rec.hard_state.lost_state:
             self.mark_lost_state()
         self.observer = observer
+        hs = self.core.hard_state
+        self._synced_vote = (hs.term, hs.vote, hs.lost_state)
         self._snap_index = self.core.snapshot.index  # entries applied since then count toward the next
         self._bytes_since_snap = 0
         self._snap_failed_at = -1  # applied index of a failed snapshot attempt (not retried at once)
@@ -98,8 +100,10 @@ class Replica:
         """This node lost its state: from now on a non-voter (see ``RaftCore``). The mark is
         made durable at once, before the node does anything else."""
         self.core.lost_state = True
-        self.storage.set_hard_state(self.core.hard_state)
+        hs = self.core.hard_state
+        self.storage.set_hard_state(hs)
         self.storage.sync()
+        self._synced_vote = (hs.term, hs.vote, hs.lost_state)
 
     # ------------------------------------------------------------------ inputs
     def tick(self) -> None:
@@ -221,10 +225,16 @@ class Replica:
                 self._install(rd.snapshot)
             if rd.entries:
                 self.storage.append(rd.entries)
+            vote = self._synced_vote
             if rd.hard_state is not None:
                 self.storage.set_hard_state(rd.hard_state)
-            if rd.entries or rd.hard_state is not None:
+                vote = (rd.hard_state.term, rd.hard_state.vote, rd.hard_state.lost_state)
+            # Entries, term and vote must be durable before anything that depends on them is
+            # sent. The commit index need not: a node that forgets it learns it again from the
+            # leader, so a change of commit alone rides along with the next sync.
+            if rd.entries or vote != self._synced_vote:
                 self.storage.sync()
+                self._synced_vote = vote
             out.extend(rd.messages)
             if rd.committed_entries:
                 self._apply(rd.committed_entries)

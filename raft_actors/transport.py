@@ -132,9 +132,23 @@ class Transport:
         if handle is None or not batch:
             return
         self._in_flight[peer] = self._in_flight.get(peer, 0) + 1
-        task = asyncio.get_running_loop().create_task(self._call(peer, handle, batch))
+        # the call leaves now (Ray sends it from its own threads); only its answer is awaited
+        ref = None
+        if not self.delay:
+            try:
+                ref = self._remote(handle, batch)
+            except Exception:  # e.g. a handle Ray no longer accepts: like a failed call
+                self.failed_calls += 1
+                self._in_flight[peer] -= 1
+                log.exception("sending to node %s failed", peer)
+                return
+        task = asyncio.get_running_loop().create_task(self._call(peer, handle, batch, ref))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _remote(self, handle: Any, batch: list[Message]) -> Any:
+        self.sent_calls += 1
+        return handle.receive.remote(self.node_id, dumps(batch))
 
     def _start_snapshot(self, m: Message) -> None:
         """Stream the snapshot ``m`` asks for; every SNAPSHOT message ends in exactly one report."""
@@ -183,13 +197,13 @@ class Transport:
             if self._on_snapshot_done is not None:
                 self._on_snapshot_done(peer, delivered, reply if isinstance(reply, bytes) else None)
 
-    async def _call(self, peer: int, handle: Any, batch: list[Message]) -> None:
+    async def _call(self, peer: int, handle: Any, batch: list[Message], ref: Any = None) -> None:
         try:
-            if self.delay:
+            if ref is None:
                 await asyncio.sleep(self.delay * self._rng.random())
-            self.sent_calls += 1
+                ref = self._remote(handle, batch)
             # a hung peer must not hold a slot for ever: Raft resends what matters
-            reply = await asyncio.wait_for(handle.receive.remote(self.node_id, dumps(batch)), self.call_timeout)
+            reply = await asyncio.wait_for(ref, self.call_timeout)
             if reply is not None and self._on_reply is not None:
                 self._on_reply(peer, reply)
         except ray.exceptions.ActorDiedError:
