@@ -16,8 +16,12 @@ class RaftConfig:
 
     #: seconds per tick on a real cluster (the simulator uses virtual time)
     tick_interval: float = 0.03
-    #: a follower starts an election after a random number of ticks in [election_ticks, 2*election_ticks)
+    #: a follower starts an election after a random number of ticks in
+    #: [election_ticks, election_ticks + election_jitter_ticks]
     election_ticks: int = 10
+    #: the randomized part of the election timeout, in ticks (``None``: election_ticks - 1, so
+    #: timeouts spread over [election_ticks, 2*election_ticks)); 0 turns randomization off
+    election_jitter_ticks: int | None = None
     #: a leader sends heartbeats every this many ticks
     heartbeat_ticks: int = 1
     #: ask for pre-votes before bumping the term, so a partitioned node cannot disrupt a leader
@@ -51,6 +55,8 @@ class RaftConfig:
             raise ValueError("tick_interval must be positive")
         if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
+        if self.election_jitter_ticks is not None and self.election_jitter_ticks < 0:
+            raise ValueError("election_jitter_ticks must be >= 0")
         if self.max_inflight < 1 or self.max_entries_per_message < 1:
             raise ValueError("max_inflight and max_entries_per_message must be >= 1")
         if self.request_timeout <= 0:

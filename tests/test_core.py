@@ -1599,3 +1599,14 @@ def test_lost_node_never_votes_again_in_a_term_it_may_have_voted_in():
     assert net[1].vote == NONE
     assert not (net[5].is_leader() and net[5].term == 3)
     assert net.two_leader_terms() == []
+
+
+@pytest.mark.parametrize("jitter", [0, 3, None])
+def test_randomized_election_timeout_spans_the_configured_jitter(jitter) -> None:
+    c = core(election_jitter_ticks=jitter)
+    seen = set()
+    for _ in range(300):
+        c._reset_randomized_timeout()
+        seen.add(c.randomized_timeout)
+    top = ET - 1 if jitter is None else jitter
+    assert seen == set(range(ET, ET + top + 1))  # every value in range, none outside

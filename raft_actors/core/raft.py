@@ -311,8 +311,8 @@ class RaftCore:
         self._soft_changed = True
 
     def _reset_randomized_timeout(self) -> None:
-        et = self.cfg.election_ticks
-        self.randomized_timeout = et + self.rng.randrange(et)
+        et, jitter = self.cfg.election_ticks, self.cfg.election_jitter_ticks
+        self.randomized_timeout = et + self.rng.randint(0, et - 1 if jitter is None else jitter)
 
     def _become_follower(self, term: int, lead: int) -> None:
         self._reset(term)
