@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import statistics
 import tempfile
@@ -22,13 +21,14 @@ from typing import Any
 
 import pandas as pd
 import ray
-from tabulate import tabulate
 
 from raft_actors import KVStore, RaftCluster, RaftConfig
 from raft_actors.demo import commit_latencies, ray_round_trip, write_throughput
 from raft_actors.replica import Replica
 from raft_actors.state_machines import put
 from raft_actors.storage import FileStorage
+
+from .common import environment, pyplot, show
 
 _NO_SNAPSHOTS = {"snapshot_entries": 0, "snapshot_bytes": 0}
 
@@ -278,26 +278,10 @@ def compaction_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def environment() -> dict[str, Any]:
-    import raft_actors
-
-    return {"python": platform.python_version(), "ray": ray.__version__, "raft_actors": raft_actors.__version__,
-            "cores": os.cpu_count(), "platform": platform.platform(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def _show(title: str, df: pd.DataFrame) -> None:
-    print(f"\n## {title}\n")
-    print(tabulate(df, headers="keys", tablefmt="github", floatfmt=".3g", showindex=False))
-
-
 def _plot(runs: dict[str, pd.DataFrame], path: str) -> bool:
     """The leader's disk, log and memory through each run (needs the ``plot`` extra)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         print("(no plot: pip install matplotlib, or the project's [plot] extra)")
         return False
     fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
@@ -332,22 +316,22 @@ def main(argv: list[str] | None = None) -> int:
     want = {a.only} if a.only else {"fsync", "recovery", "large_snapshot", "long_run"}
     if "fsync" in want:
         results["fsync"] = fsync_cost(seconds)
-        _show("fsync per committed batch vs the Ray round trip", results["fsync"])
+        show("fsync per committed batch vs the Ray round trip", results["fsync"])
     if "recovery" in want:
         results["recovery"] = recovery_time(entries)
-        _show(f"recovery of a node with {entries:,} entries", results["recovery"])
+        show(f"recovery of a node with {entries:,} entries", results["recovery"])
     if "large_snapshot" in want:
         results["large_snapshot"] = large_snapshot(config["snapshot_state_mib"])
-        _show("a follower catches up by a large snapshot", results["large_snapshot"])
+        show("a follower catches up by a large snapshot", results["large_snapshot"])
     if "long_run" in want:
         run = results["long_run"] = long_run(ops, snapshot_entries=config["snapshot_entries"])
         results["compactions"] = compaction_table(run)
-        _show(f"disk and memory around each compaction ({ops:,} ops in {run.attrs['seconds']:.0f} s)",
+        show(f"disk and memory around each compaction ({ops:,} ops in {run.attrs['seconds']:.0f} s)",
               results["compactions"])
         off = results["long_run_no_snapshots"] = long_run(ops, snapshot_entries=0)
         runs = {f"snapshot every {config['snapshot_entries']:,} entries": run, "no snapshots": off}
         results["end_state"] = end_state(runs)
-        _show("the leader at the end of the run, with and without snapshots", results["end_state"])
+        show("the leader at the end of the run, with and without snapshots", results["end_state"])
         if _plot(runs, os.path.join(a.out, "long_run.png")):
             print(f"\nplot: {os.path.join(a.out, 'long_run.png')}")
     for name, df in results.items():

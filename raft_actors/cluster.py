@@ -248,8 +248,9 @@ class RaftCluster:
         ints = [c for c in cols[2:] + ["pid"] if c in df.columns]
         return df.astype({c: "Int64" for c in ints}).set_index("node")
 
-    def leader(self, timeout: float = 10.0) -> int:
-        """The id of the current leader, waiting up to ``timeout`` seconds for one.
+    def leader(self, timeout: float = 10.0, poll: float | None = None) -> int:
+        """The id of the current leader, waiting up to ``timeout`` seconds for one (asking the
+        nodes every ``poll`` seconds, by default every tick).
 
         A leader counts once a majority of the cluster's nodes report it as the leader of its
         term, so a deposed leader in a minority partition, which may not know it yet, is not
@@ -266,7 +267,7 @@ class RaftCluster:
                         return int(s["node"])
             if time.monotonic() >= deadline:
                 raise RaftTimeoutError(f"no leader within {timeout}s")
-            time.sleep(self.config.tick_interval)
+            time.sleep(self.config.tick_interval if poll is None else poll)
 
     # ------------------------------------------------------------------ faults
     def kill(self, node_id: int) -> None:
