@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import random
 import threading
@@ -40,9 +41,9 @@ _BACKOFF_START, _BACKOFF_MAX = 0.01, 0.1
 
 
 class _Pending:
-    """One call waiting for its outcome; its own timer enforces its deadline."""
+    """One call waiting for its outcome until its deadline."""
 
-    __slots__ = ("deadline", "future", "in_flight", "is_write", "maybe_applied", "payload", "request", "timer")
+    __slots__ = ("deadline", "future", "in_flight", "is_write", "maybe_applied", "payload", "request")
 
     def __init__(self, payload: Any, future: asyncio.Future, deadline: float, is_write: bool,
                  request: tuple[Any, int, int, Any] | None = None):
@@ -53,7 +54,6 @@ class _Pending:
         self.is_write = is_write
         self.maybe_applied = False  # an earlier attempt may have reached a leader
         self.in_flight = False  # an attempt is under way now
-        self.timer: asyncio.TimerHandle | None = None
 
     def resolve(self, value: Any) -> None:
         if not self.future.done():
@@ -94,6 +94,10 @@ class AsyncRaftClient:
         self._writes: list[_Pending] = []
         self._reads: dict[str, list[_Pending]] = {m: [] for m in READ_MODES}
         self._pending: set[_Pending] = set()
+        self._deadlines: list[tuple[float, int, _Pending]] = []  # a heap
+        self._order = itertools.count()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_at: float | None = None
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
 
@@ -181,7 +185,7 @@ class AsyncRaftClient:
         timeout = self._timeout(timeout)
         loop = asyncio.get_running_loop()
         it = _Pending(payload, loop.create_future(), time.monotonic() + timeout, is_write, request)
-        it.timer = loop.call_later(timeout, it.expire)
+        self._watch(loop, it)
         self._pending.add(it)
         queue.append(it)
         if not self._flush_scheduled:
@@ -190,8 +194,30 @@ class AsyncRaftClient:
         try:
             return await it.future
         finally:
-            it.timer.cancel()
             self._pending.discard(it)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, it: _Pending) -> None:
+        """Expire ``it`` at its deadline. One timer serves every pending call (the earliest
+        deadline): a timer per call costs more than the call itself at thousands per second."""
+        heapq.heappush(self._deadlines, (it.deadline, next(self._order), it))
+        if len(self._deadlines) > 2 * len(self._pending) + 1024:  # forget finished calls
+            self._deadlines = [d for d in self._deadlines if not d[2].future.done()]
+            heapq.heapify(self._deadlines)
+        if self._sweep_at is None or it.deadline < self._sweep_at:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+            self._sweep_at = it.deadline
+            self._sweeper = loop.call_at(it.deadline, self._sweep)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            heapq.heappop(heap)[2].expire()  # expiring a finished call does nothing
+        self._sweeper = self._sweep_at = None
+        if heap:
+            self._sweep_at = heap[0][0]
+            self._sweeper = asyncio.get_running_loop().call_at(self._sweep_at, self._sweep)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
