@@ -14,11 +14,18 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seconds", type=float, default=5.0, help="length of the throughput run")
     demo.add_argument("--storage", choices=["file", "memory"], default="file",
                       help="durable write-ahead log (default) or memory only")
+    sub.add_parser("bench", add_help=False, help="the benchmark suite (quick by default; --full, --pysyncobj, --only ...)")
     sim = sub.add_parser("sim", help="run seeded simulations (deterministic; a failing seed replays exactly)")
     sim.add_argument("--seeds", type=int, default=100, help="how many seeds, from --first")
     sim.add_argument("--first", type=int, default=0)
     sim.add_argument("--nodes", type=int, default=3)
     sim.add_argument("--chaos", action="store_true", help="frequent leader crashes, partitions and loss")
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["bench"]:
+        from benchmarks.suite import main as bench
+
+        return bench(argv[1:])
     args = parser.parse_args(argv)
 
     if args.command == "demo":

@@ -89,6 +89,7 @@ class AsyncRaftClient:
         self._opening: asyncio.Task | None = None
         self._seq = itertools.count(1)
         self._outstanding: set[int] = set()
+        self._outstanding_heap: list[int] = []  # the same seqs, plus finished ones not yet popped
         self._leader = 0
         self._rr = itertools.count()
         self._writes: list[_Pending] = []
@@ -122,14 +123,22 @@ class AsyncRaftClient:
         deadline = time.monotonic() + timeout
         session = self.client_id if self.client_id is not None else await self._session(timeout)
         seq = next(self._seq)
-        ack = min(self._outstanding, default=seq)
+        ack = self._lowest_outstanding(seq)
         payload = encode_request(session, seq, ack, command)  # raises CommandRejectedError
         self._outstanding.add(seq)
+        heapq.heappush(self._outstanding_heap, seq)
         try:
             return await self._enqueue(self._writes, payload, max(1e-3, deadline - time.monotonic()), is_write=True,
                                        request=(session, seq, ack, command))
         finally:
             self._outstanding.discard(seq)
+
+    def _lowest_outstanding(self, default: int) -> int:
+        """The lowest seq still awaiting its outcome (the client's ``ack``), in O(log n)."""
+        heap = self._outstanding_heap
+        while heap and heap[0] not in self._outstanding:
+            heapq.heappop(heap)
+        return heap[0] if heap else default
 
     async def _session(self, timeout: float) -> int:
         """This client's session id, opening a session first if it has none (one opening at a

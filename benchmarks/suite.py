@@ -1,0 +1,158 @@
+"""The benchmark suite: ``raft-actors bench`` (or ``python -m benchmarks``).
+
+The quick default (about a minute on 2 cores) measures the Ray baselines, write throughput on 3
+and 5 nodes, one client's commit latency, open-loop latency at half the peak load, failover
+under load, leadership transfer and election time. ``--full`` sweeps clients, requests in
+flight, value sizes and cluster sizes (3, 5, 7), latency at several loads, more failovers and the
+election-timeout ranges of the Raft paper's Figure 16. ``--pysyncobj`` runs PySyncObj on the same
+workload in the same run. Each table is printed, saved as CSV with its configuration and
+environment as JSON, and plotted when matplotlib is installed (the ``plot`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any
+
+import pandas as pd
+import ray
+
+from . import elections, load
+from .common import Baseline, ray_baseline, save, show
+from .load import Point
+
+
+def _targets(tables: dict[str, pd.DataFrame], base: Baseline, pysyncobj: dict[str, Any] | None) -> pd.DataFrame:
+    """The issue's targets next to what this run measured."""
+    rows = []
+    tp = tables.get("throughput")
+    if tp is not None and not tp.empty:
+        three = tp[(tp["nodes"] == 3) & (tp["clients"] > 1)]["throughput_ops_s"].max()
+        rows.append({"target": "write throughput, 3 nodes", "goal": ">= 40,000 ops/s", "measured": f"{three:,.0f} ops/s",
+                     "met": three >= 40_000})
+        five = tp[(tp["nodes"] == 5) & (tp["clients"] > 1)]["throughput_ops_s"].max()
+        if pd.notna(five):
+            rows.append({"target": "5 nodes vs 3 nodes", "goal": ">= 70%", "measured": f"{five / three:.0%}",
+                         "met": five / three >= 0.7})
+        one = tp[(tp["nodes"] == 3) & (tp["clients"] == 1) & (tp["in_flight"] == 1)]["p50_ms"]
+        if len(one):
+            r = one.iloc[0] / base.rtt_ms
+            rows.append({"target": "1 client, 1 write at a time: median commit latency", "goal": "<= 2.5x Ray round trip",
+                         "measured": f"{one.iloc[0]:.2f} ms = {r:.1f}x", "met": r <= 2.5})
+        if pysyncobj and pysyncobj.get("available"):
+            for run in pysyncobj["runs"]:
+                if not run["journal"]:
+                    p = run["throughput"]["ops_per_s"]
+                    rows.append({"target": f"vs PySyncObj ({run['profile']} settings, no journal)", "goal": ">= 5x",
+                                 "measured": f"{three / p:.1f}x ({p:,.0f} ops/s)", "met": three / p >= 5})
+    fo = tables.get("failover")
+    if fo is not None and not fo.empty:
+        m = statistics.median(fo["unavailable_ms"])
+        rows.append({"target": "failover: median unavailability", "goal": "<= 800 ms", "measured": f"{m:.0f} ms",
+                     "met": m <= 800})
+    tr = tables.get("transfer")
+    if tr is not None and not tr.empty:
+        m = statistics.median(tr["rtts"])
+        rows.append({"target": "leadership transfer: median", "goal": "<= 10 Ray round trips",
+                     "measured": f"{statistics.median(tr['ms']):.1f} ms = {m:.1f} round trips", "met": m <= 10})
+    return pd.DataFrame(rows)
+
+
+def run(full: bool = False, out: str | None = None, pysyncobj: bool = False, only: set[str] | None = None) -> dict[str, Any]:
+    """Run the suite; returns every table (and the PySyncObj results, if asked for)."""
+    out = out or os.path.join("benchmark-results", time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(out, exist_ok=True)
+    want = only or {"throughput", "latency", "failover", "transfer", "elections"}
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, log_to_driver=False)
+    tables: dict[str, pd.DataFrame] = {}
+    try:
+        base = ray_baseline()
+        tables["baseline"] = pd.DataFrame([base.as_dict()])
+        show("Ray baselines (every ratio below is to these)", tables["baseline"])
+        save(out, "baseline", tables["baseline"], {})
+
+        if "throughput" in want:
+            points = [Point(clients=1, in_flight=1), Point(), Point(nodes=5)]
+            if full:
+                points = ([Point(clients=1, in_flight=1)]
+                          + [Point(clients=c, in_flight=64) for c in (1, 4, 16)]
+                          + [Point(clients=8, in_flight=f) for f in (1, 8, 64, 256)]
+                          + [Point(value_size=v) for v in (1024, 16384)]
+                          + [Point(nodes=n) for n in (3, 5, 7)]
+                          + [Point(storage="memory")])
+            tables["throughput"] = load.throughput(points, base, duration=5.0 if full else 4.0)
+            show("closed-loop write throughput (16-byte values unless said)", tables["throughput"])
+            save(out, "throughput", tables["throughput"], {"points": [p.__dict__ for p in points]})
+            load.plot_throughput(tables["throughput"], os.path.join(out, "throughput.png"))
+
+        if "latency" in want:
+            tp = tables.get("throughput")
+            peak = None if tp is None else float(tp[(tp["nodes"] == 3) & (tp["clients"] > 1)]["throughput_ops_s"].max())
+            loads = (0.25, 0.5, 0.75, 0.9) if full else (0.5,)
+            tables["latency"] = load.latency(base, loads, peak=peak, duration=5.0 if full else 3.0)
+            show("open-loop latency at fixed offered loads (fractions of the peak)", tables["latency"])
+            save(out, "latency", tables["latency"], {"loads": loads, "peak": peak})
+
+        if "failover" in want:
+            kills = 10 if full else 3
+            tables["failover"], ops = load.failover(base, kills=kills, interval=4.0 if full else 3.5)
+            show("failover: the leader killed under load (election timeout 300-600 ms)", tables["failover"])
+            save(out, "failover", tables["failover"], {"kills": kills})
+            load.plot_failover(ops, tables["failover"], os.path.join(out, "failover.png"))
+
+        if "transfer" in want:
+            n = 20 if full else 5
+            tables["transfer"] = elections.transfer_timing(n, rtt_ms=base.rtt_ms)
+            show("graceful leadership transfer", tables["transfer"])
+            save(out, "transfer", tables["transfer"], {"transfers": n})
+
+        if "elections" in want:
+            ranges = elections.FIGURE16_RANGES if full else ((150, 300),)
+            trials, nodes = (20, 5) if full else (5, 3)
+            df = elections.election_timing(ranges, trials=trials, nodes=nodes)
+            tables["elections"] = df
+            tables["elections_summary"] = elections.election_summary(df)
+            show(f"time without a leader after the leader crashes ({nodes} nodes)", tables["elections_summary"])
+            save(out, "elections", df, {"ranges_ms": ranges, "trials": trials, "nodes": nodes})
+            elections.plot_elections(df, os.path.join(out, "elections.png"))
+
+        sync = None
+        if pysyncobj:
+            from . import pysyncobj_baseline
+
+            sync = pysyncobj_baseline.run_baseline(seconds=5.0, in_flight=1000, journal_modes=(False,))
+            if sync.get("available"):
+                rows = [{"profile": r["profile"], "journal": r["journal"], "ops_s": r["throughput"]["ops_per_s"],
+                         "latency_p50_ms": r["latency"]["median_ms"]} for r in sync["runs"]]
+                tables["pysyncobj"] = pd.DataFrame(rows)
+                show("PySyncObj on the same workload (1,000 in flight; one write at a time)", tables["pysyncobj"])
+                save(out, "pysyncobj", tables["pysyncobj"], {"runs": sync["runs"]})
+            else:
+                print(f"\nPySyncObj baseline skipped: {sync.get('skipped')}")
+
+        tables["targets"] = _targets(tables, base, sync)
+        if not tables["targets"].empty:
+            show("targets", tables["targets"])
+            save(out, "targets", tables["targets"], {})
+        print(f"\nresults: {out}/")
+        return {"tables": tables, "out": out}
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="raft-actors bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--full", action="store_true", help="the full sweeps (many minutes) instead of the quick suite")
+    p.add_argument("--out", help="directory for CSV, JSON and PNG (default: benchmark-results/<time>)")
+    p.add_argument("--pysyncobj", action="store_true", help="also run PySyncObj on the same workload (pip install pysyncobj)")
+    p.add_argument("--only", nargs="+", choices=["throughput", "latency", "failover", "transfer", "elections"],
+                   help="run only these benchmarks")
+    a = p.parse_args(argv)
+    run(full=a.full, out=a.out, pysyncobj=a.pysyncobj, only=set(a.only) if a.only else None)
+    return 0
