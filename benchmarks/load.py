@@ -30,7 +30,7 @@ class Point:
 
     nodes: int = 3
     clients: int = 8
-    in_flight: int = 128
+    in_flight: int = 256
     value_size: int = 16
     generators: int = 1
     storage: str = "file"
