@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from typing import Any, TypeVar
 import pandas as pd
 import ray
 from tabulate import tabulate
+
+from raft_actors.demo import ray_round_trip
 
 T = TypeVar("T")
 
@@ -48,12 +49,7 @@ def ray_baseline(samples: int = 300, pipelined: int = 3000, in_flight: int = 200
     pipelined call rate (``pipelined`` calls, ``in_flight`` at a time) on a fresh async actor."""
     echo = ray.remote(_Echo).options(num_cpus=0, max_concurrency=1000).remote()
     try:
-        ray.get(echo.ping.remote())
-        rtts = []
-        for _ in range(samples):
-            t = time.perf_counter()
-            ray.get(echo.ping.remote())
-            rtts.append(time.perf_counter() - t)
+        rtt = ray_round_trip(echo, samples)
 
         async def pipeline() -> float:
             sem = asyncio.Semaphore(in_flight)
@@ -66,7 +62,7 @@ def ray_baseline(samples: int = 300, pipelined: int = 3000, in_flight: int = 200
             await asyncio.gather(*(one(i) for i in range(pipelined)))
             return pipelined / (time.perf_counter() - t)
 
-        return Baseline(statistics.median(rtts) * 1e3, asyncio.run(pipeline()))
+        return Baseline(rtt * 1e3, asyncio.run(pipeline()))
     finally:
         ray.kill(echo)
 

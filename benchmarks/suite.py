@@ -30,8 +30,9 @@ def _targets(tables: dict[str, pd.DataFrame], base: Baseline, pysyncobj: dict[st
     rows = []
     tp = tables.get("throughput")
     if tp is not None and not tp.empty:
-        three = tp[(tp["nodes"] == 3) & (tp["clients"] > 1)]["throughput_ops_s"].max()
-        rows.append({"target": "write throughput, 3 nodes", "goal": ">= 40,000 ops/s", "measured": f"{three:,.0f} ops/s",
+        three = tp[(tp["nodes"] == 3) & (tp["clients"] > 1) & (tp["storage"] == "file")]["throughput_ops_s"].max()
+        rows.append({"target": "write throughput, 3 nodes, durable", "goal": ">= 40,000 ops/s",
+                     "measured": f"{three:,.0f} ops/s",
                      "met": three >= 40_000})
         # the same load on 3 and 5 nodes
         same = tp[(tp["clients"] == 8) & (tp["in_flight"] == Point.in_flight) & (tp["value_size"] == 16)
