@@ -141,15 +141,17 @@ def failover(base: Baseline, kills: int = 5, interval: float = 4.0, nodes: int =
 
 
 def plot_throughput(df: pd.DataFrame, path: str) -> bool:
-    """Throughput and median latency against in-flight requests, one line per cluster size."""
+    """Throughput and median latency against requests in flight (16-byte values, durable), one
+    line per cluster size."""
     plt = pyplot()
     if plt is None or df.empty:
         return False
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for nodes, g in df.groupby("nodes"):
-        g = g.sort_values("in_flight")
-        a.plot(g["clients"] * g["in_flight"], g["throughput_ops_s"], marker="o", label=f"{nodes} nodes")
-        b.plot(g["clients"] * g["in_flight"], g["p50_ms"], marker="o", label=f"{nodes} nodes")
+    base = df[(df["value_size"] == 16) & (df["storage"] == "file")].assign(total=df["clients"] * df["in_flight"])
+    for nodes, g in base.groupby("nodes"):
+        g = g.groupby("total", as_index=False)[["throughput_ops_s", "p50_ms"]].median()
+        a.plot(g["total"], g["throughput_ops_s"], marker="o", label=f"{nodes} nodes")
+        b.plot(g["total"], g["p50_ms"], marker="o", label=f"{nodes} nodes")
     for ax, label in ((a, "committed writes/s"), (b, "median latency (ms)")):
         ax.set_xscale("log")
         ax.set_xlabel("requests in flight")
