@@ -14,7 +14,7 @@ import pytest
 from raft_actors.core import Entry, HardState, Message, MsgType, ProgressState, RaftCore, Role
 from raft_actors.core.messages import SnapshotMeta
 from raft_actors.core.raft import LOST_STATE
-from tests.core_helpers import ET, Net, ack, config, core, ents, leader, of, terms_of
+from tests.core_helpers import ET, Net, ack, config, core, leader, of, terms_of
 
 M = MsgType
 
@@ -230,7 +230,3 @@ def test_cluster_with_a_compacting_leader_brings_a_restarted_empty_follower_up_t
     applied = [e.index for e in net.applied[f] if e.index > net.snapshots[f][-1].index]
     assert applied == list(range(net.snapshots[f][-1].index + 1, ld.log.commit + 1))
     assert terms_of(fc) == [e.term for e in ld.log.slice(fc.log.offset + 1, ld.log.last_index() + 1)]
-
-
-def test_ents_helper_still_builds_contiguous_logs():
-    assert [e.index for e in ents([1, 1], start=5)] == [5, 6]
