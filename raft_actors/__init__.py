@@ -19,9 +19,11 @@ from .errors import (
     CommandError,
     CommandRejectedError,
     LeadershipLostError,
+    MembershipChangeError,
     NodeNotFoundError,
     NodeStartupError,
     NotLeaderError,
+    PlacementError,
     RaftError,
     RaftTimeoutError,
     SessionExpiredError,
@@ -33,6 +35,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncRaftClient", "ClusterUnavailableError", "CommandError", "CommandRejectedError", "Counter",
-    "KVStore", "LeadershipLostError", "NodeNotFoundError", "NodeStartupError", "NotLeaderError", "RaftClient", "RaftCluster",
+    "KVStore", "LeadershipLostError", "MembershipChangeError", "NodeNotFoundError", "NodeStartupError", "NotLeaderError", "PlacementError", "RaftClient", "RaftCluster",
     "RaftConfig", "RaftError", "RaftTimeoutError", "SessionExpiredError", "StateMachine", "UnknownOutcomeError", "__version__",
 ]

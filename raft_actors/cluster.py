@@ -22,11 +22,14 @@ from .config import RaftConfig
 from .core.messages import SnapshotMeta
 from .errors import ClusterUnavailableError, NodeNotFoundError, NodeStartupError, RaftTimeoutError
 from .node import RaftNode, node_actor_name
+from .placement import Placement, choose_slots, slot_options
 from .state_machines import KVStore
 
 log = logging.getLogger(__name__)
 
 _STATUS_TIMEOUT = 2.0
+#: the Ray namespace of the node actors unless ``launch``/``connect`` say otherwise
+DEFAULT_NAMESPACE = "raft_actors"
 #: environment variable naming the default root of node data directories
 DATA_DIR_ENV = "RAFT_ACTORS_DATA_DIR"
 
@@ -49,9 +52,13 @@ class RaftCluster:
     """
 
     def __init__(self, name: str, nodes: dict[int, Any], config: RaftConfig, state_machine: bytes,
-                 actor_options: dict[str, Any], owns_ray: bool, data_dir: str | None = None):
+                 actor_options: dict[str, Any], owns_ray: bool, data_dir: str | None = None,
+                 namespace: str = DEFAULT_NAMESPACE, placement: Placement = "auto"):
         self.name = name
+        self.namespace = namespace
         self.data_dir = data_dir
+        self.placement: Placement = placement
+        self._slots: dict[int, str | None] = {}
         self.config = config
         self._nodes = nodes
         self._state_machine = state_machine
@@ -72,11 +79,12 @@ class RaftCluster:
         *,
         address: str | None = None,
         name: str | None = None,
-        namespace: str = "raft_actors",
+        namespace: str = DEFAULT_NAMESPACE,
         actor_options: dict[str, Any] | None = None,
         wait_for_leader: float | None = 30.0,
         storage: Literal["file", "memory"] = "file",
         data_dir: str | os.PathLike | None = None,
+        placement: Placement = "auto",
     ) -> RaftCluster:
         """Start ``num_nodes`` node actors and wait until they have elected a leader.
 
@@ -91,14 +99,21 @@ class RaftCluster:
             config: protocol and timing settings.
             address: an existing Ray cluster (``"auto"`` or ``"ray://..."``); by default Ray is
                 started in this process (and shut down with the cluster) unless already running.
-            name: a name for the cluster's actors (random if not given).
-            namespace: the Ray namespace when this call starts Ray.
+            name: a name for the cluster (random if not given). The nodes are named detached
+                actors ``<name>-node-<id>`` in ``namespace``: they outlive this driver, and
+                :meth:`connect` finds them from another one.
+            namespace: the Ray namespace of the node actors.
             actor_options: extra ``ray.remote`` options for the node actors.
             wait_for_leader: seconds to wait for the first leader (``None``: don't wait).
             storage: ``"file"`` (durable, the default) or ``"memory"`` (faster, and a node that
                 restarts has lost everything: it rejoins as a non-voter).
             data_dir: the cluster's data directory, on the machine of each node (default:
                 ``<default_data_root()>/<name>``).
+            placement: how nodes are spread over machines (see :mod:`raft_actors.placement`):
+                ``"auto"`` pins each node to its own machine by a ``raft_slot_<name>`` custom
+                resource when the Ray cluster offers enough slots, and leaves nodes unpinned
+                when it offers none (one machine); ``"slots"`` requires a slot per node;
+                ``None`` never pins.
         """
         if num_nodes < 1:
             raise ValueError("a cluster needs at least one node")
@@ -107,10 +122,7 @@ class RaftCluster:
         if storage not in ("file", "memory"):
             raise ValueError(f"storage must be 'file' or 'memory', not {storage!r}")
         config = config or RaftConfig()
-        owns_ray = False
-        if not ray.is_initialized():
-            ray.init(address=address, namespace=namespace, log_to_driver=True)
-            owns_ray = address is None
+        owns_ray = _init_ray(address, namespace)
         name = name or f"raft-{uuid.uuid4().hex[:8]}"
         options = {"num_cpus": 0, "max_restarts": 10, "max_task_retries": 0, "max_concurrency": 10_000}
         options.update(actor_options or {})
@@ -118,10 +130,15 @@ class RaftCluster:
         root = None
         if storage == "file":
             root = os.path.abspath(os.fspath(data_dir)) if data_dir is not None else os.path.join(default_data_root(), name)
-        cluster = cls(name, {}, config, sm, options, owns_ray, root)
+        cluster = cls(name, {}, config, sm, options, owns_ray, root, namespace, placement)
         ids = list(range(1, num_nodes + 1))
         try:
-            for i in ids:
+            if cluster._existing_node_names():
+                raise ValueError(f"a cluster named {name!r} is running in namespace {namespace!r}: "
+                                 f"RaftCluster.connect({name!r}) to use it")
+            slots = choose_slots(num_nodes, (), placement)
+            for i, slot in zip(ids, slots, strict=True):
+                cluster._slots[i] = slot
                 cluster._nodes[i] = cluster._new_actor(i, ids, restarted=False, wait_for_start=True)
             # a node that finds nothing while others have state (its disk was replaced or
             # wiped, or it landed elsewhere) has lost its state: it must not vote
@@ -142,17 +159,69 @@ class RaftCluster:
             raise
         return cluster
 
+    @classmethod
+    def connect(cls, name: str, *, address: str | None = "auto", namespace: str = DEFAULT_NAMESPACE,
+                timeout: float = 30.0) -> RaftCluster:
+        """A driver for a running cluster launched elsewhere (by another driver, maybe one that
+        has exited): its nodes are named detached actors in ``namespace``.
+
+        ``address`` is the Ray cluster to join (ignored if Ray is already initialized here).
+        The returned object manages the cluster as :meth:`launch`'s does; :meth:`shutdown`
+        stops the nodes, while leaving the driver without shutting down is always fine.
+        Raises :class:`~raft_actors.errors.ClusterUnavailableError` if no node answers.
+        """
+        owns_ray = _init_ray(address, namespace)
+        probe = cls(name, {}, RaftConfig(), b"", {}, owns_ray, None, namespace)
+        handles = {}
+        for actor_name in probe._existing_node_names():
+            node_id = int(actor_name.rsplit("-", 1)[1])
+            with contextlib.suppress(ValueError):
+                handles[node_id] = ray.get_actor(actor_name, namespace=namespace)
+        deadline = time.monotonic() + timeout
+        info = None
+        while handles and info is None:
+            refs = [h.describe.remote() for h in handles.values()]
+            ready, _ = ray.wait(refs, num_returns=1, timeout=max(0.1, deadline - time.monotonic()))
+            for ref in ready:
+                with contextlib.suppress(ray.exceptions.RayError):
+                    info = ray.get(ref)
+            if info is None and time.monotonic() >= deadline:
+                break
+        if info is None:
+            if owns_ray:
+                ray.shutdown()
+            raise ClusterUnavailableError(f"no running node of cluster {name!r} in namespace {namespace!r}")
+        node_dir = info["data_dir"]
+        cluster = cls(name, handles, info["config"], info["state_machine"], info["actor_options"], owns_ray,
+                      os.path.dirname(node_dir) if node_dir else None, namespace)
+        for node_id, h in handles.items():
+            with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
+                cluster._slots[node_id] = ray.get(h.describe.remote(), timeout=_STATUS_TIMEOUT)["slot"]
+        return cluster
+
+    def _existing_node_names(self) -> list[str]:
+        """Names of this cluster's node actors that Ray knows of (alive or restarting)."""
+        prefix = node_actor_name(self.name, 0)[:-1]
+        return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                      if a["namespace"] == self.namespace and a["name"].startswith(prefix)
+                      and a["name"][len(prefix):].isdigit())
+
     def node_data_dir(self, node_id: int) -> str | None:
         """The data directory of a node (on its machine); ``None`` with in-memory storage."""
         return None if self.data_dir is None else os.path.join(self.data_dir, f"node-{node_id}")
 
     def _new_actor(self, node_id: int, ids: list[int], restarted: bool, wait_for_start: bool = False) -> Any:
-        actor_cls = ray.remote(RaftNode).options(name=node_actor_name(self.name, node_id), **self._actor_options)
+        slot = self._slots.get(node_id)
+        actor_cls = ray.remote(RaftNode).options(
+            name=node_actor_name(self.name, node_id), namespace=self.namespace, lifetime="detached",
+            **{**self._actor_options, **slot_options(slot)},
+        )
         deadline = time.monotonic() + 10
         while True:
             try:
                 return actor_cls.remote(node_id, ids, self.config, self._state_machine, False, self.name,
-                                        self.node_data_dir(node_id), restarted, wait_for_start)
+                                        self.node_data_dir(node_id), restarted, wait_for_start,
+                                        namespace=self.namespace, slot=slot, actor_options=self._actor_options)
             except ray.exceptions.ActorAlreadyExistsError:
                 # the name of an actor that just died is released a moment later
                 if time.monotonic() > deadline:
@@ -425,6 +494,15 @@ class RaftCluster:
             raise ClusterUnavailableError(f"cluster {self.name} has been shut down")
 
 
+
+
+def _init_ray(address: str | None, namespace: str) -> bool:
+    """Start or join Ray unless it is running here; whether this call started a local Ray
+    (which the cluster then shuts down with itself)."""
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, namespace=namespace, log_to_driver=True)
+    return address is None
 
 
 def _summary(text: str) -> str:

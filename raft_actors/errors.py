@@ -57,6 +57,19 @@ class NodeStartupError(RaftError):
     the file and offset: see the README on recovering such a node)."""
 
 
+class PlacementError(RaftError):
+    """Ray cannot place the node actors as asked (e.g. fewer machines offer a slot than there
+    are nodes to place; see :mod:`raft_actors.placement`)."""
+
+
+class MembershipChangeError(RaftError):
+    """A membership change was refused or aborted; the configuration is as it was before it.
+
+    Raised for a change while another is still in progress, a node that is not a learner (or not
+    a member), a learner that did not catch up in time (it is removed again), and the like.
+    """
+
+
 class CommandRejectedError(RaftError, ValueError):
     """The command was refused before it entered the log: malformed, unknown or not picklable."""
 

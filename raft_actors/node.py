@@ -53,17 +53,25 @@ class RaftNode:
             (at launch the driver first asks every node :meth:`has_state`: a node that finds
             nothing in a cluster whose other nodes have state lost it). A node Ray restarts
             runs at once.
+        namespace: the Ray namespace of the cluster's named actors.
+        slot: the machine this node is pinned to (see :mod:`raft_actors.placement`), if any.
+        actor_options: the ``ray.remote`` options the cluster's node actors are made with
+            (:meth:`describe` hands them to a driver that connects later).
     """
 
     def __init__(self, node_id: int, voters: list[int], config: RaftConfig, state_machine: bytes,
                  lost_state: bool = False, cluster_name: str = "", data_dir: str | None = None,
-                 restarted: bool = False, wait_for_start: bool = False):
+                 restarted: bool = False, wait_for_start: bool = False, namespace: str | None = None,
+                 slot: str | None = None, actor_options: dict[str, Any] | None = None):
         with warnings.catch_warnings():  # Ray's property trips its own deprecation warning
             warnings.simplefilter("ignore", DeprecationWarning)
             reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
         self.node_id = node_id
         self.config = config
         self.cluster_name = cluster_name
+        self.namespace = namespace
+        self.slot = slot
+        self._actor_options = dict(actor_options or {})
         self.data_dir = data_dir
         self._voters = voters
         self._state_machine = state_machine
@@ -120,7 +128,7 @@ class RaftNode:
 
     def _lookup_peer(self, peer: int) -> Any:
         try:
-            return ray.get_actor(node_actor_name(self.cluster_name, peer))
+            return ray.get_actor(node_actor_name(self.cluster_name, peer), namespace=self.namespace)
         except ValueError:
             return None
 
@@ -333,10 +341,18 @@ class RaftNode:
         self._kick()
 
     # ------------------------------------------------------------------ admin
+    async def describe(self) -> dict[str, Any]:
+        """How this node was made: what a driver that connects later needs to manage the cluster
+        (config, state machine, data directory, slot, actor options)."""
+        return {"node": self.node_id, "config": self.config, "state_machine": self._state_machine,
+                "data_dir": self.data_dir, "slot": self.slot, "actor_options": self._actor_options}
+
     async def status(self) -> dict[str, Any]:
+        where = {"slot": self.slot, "ray_node": ray.get_runtime_context().get_node_id()}
         if not self._tasks:
-            return {"node": self.node_id, "role": "starting", "pid": os.getpid()}
+            return {"node": self.node_id, "role": "starting", "pid": os.getpid(), **where}
         st = self.replica.status()
+        st.update(where)
         st["pid"] = os.getpid()
         st["blocked"] = sorted(self.transport.blocked)
         st.update(self.storage.stats())

@@ -332,3 +332,22 @@ def test_lossy_duplicating_reordering_network_stays_linearizable(cluster_factory
     assert result.ok, result.describe()
     cluster.heal()
     wait_until(lambda: cluster.status()["applied_index"].nunique() == 1, what="convergence")
+
+
+def test_connect_finds_a_running_cluster_by_name(cluster_factory) -> None:
+    from raft_actors import RaftCluster
+    from raft_actors.errors import ClusterUnavailableError as Unavailable
+
+    cluster, client = cluster_with_keys(cluster_factory, 5, name=f"connect-{time.monotonic_ns()}")
+    other = RaftCluster.connect(cluster.name, namespace=cluster.namespace)
+    assert other.node_ids == cluster.node_ids
+    assert other.data_dir == cluster.data_dir and other.config == cluster.config
+    assert other.leader() == cluster.leader()
+    c2 = other.client()
+    assert c2.query(get("k4")) == 4
+    c2.submit(put("from-other", 1))
+    assert client.query(get("from-other")) == 1
+    with pytest.raises(ValueError, match="connect"):
+        RaftCluster.launch(num_nodes=1, name=cluster.name, namespace=cluster.namespace)
+    with pytest.raises(Unavailable):
+        RaftCluster.connect("no-such-cluster", namespace=cluster.namespace, timeout=1)
