@@ -915,3 +915,24 @@ def test_sigkill_loses_nothing_synced(tmp_path: Path) -> None:
         assert len(indexes) >= reported
         assert rec.hard_state.commit >= reported - 10
         s.close()
+
+
+def test_the_lost_state_mark_survives_a_crash_while_the_first_segment_is_created() -> None:
+    """A node that lost its state writes its non-voter mark with its very first segment. A crash
+    in the middle (files created, nothing sound in them) must not leave a directory that looks
+    like one holding state: reopened, the node must still know it lost its state."""
+    mark = HardState(lost_state=True)
+    for seed in range(60):
+        for n in range(1, 7):
+            disk = SimDisk(random.Random(seed))
+            disk.arm(n)
+            try:
+                FileStorage("/d", fs=disk, segment_bytes=4096, initial_hard_state=mark).close()
+            except SimCrash:
+                pass
+            disk.disarm()
+            disk.crash()
+            lost = not FileStorage.holds_state("/d", disk)  # as the node actor decides
+            again = FileStorage("/d", fs=disk, initial_hard_state=mark if lost else None)
+            assert again.load().hard_state.lost_state, (seed, n)
+            again.close()

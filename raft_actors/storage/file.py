@@ -16,7 +16,7 @@ Files in the storage directory:
 
 ``snapshot.bin``
     The latest snapshot: magic ``b"RAFTSNP1"``, ``<u32 header length>``, a header (index, term,
-    ``first_valid_seq``, data length, data crc32, the hard state, the voters), the crc32 of the
+    ``first_valid_seq``, data length, data crc32, the hard state, the configuration), the crc32 of the
     length and header, then the data. It is written as ``snapshot.tmp``, synced, renamed over
     ``snapshot.bin`` and the directory synced. Segments numbered below ``first_valid_seq`` are
     older than the snapshot's log (a snapshot installed from the leader replaced them) and are
@@ -69,7 +69,7 @@ _TRAILER = 4  # crc32(payload)
 _OVERHEAD = _HEAD.size + _TRAILER
 _ENTRY = struct.Struct("<QQBI")
 _HS = struct.Struct("<QQQB")
-_SNAP_FIXED = struct.Struct("<QQQQIQQQBI")  # index term fvs data_len data_crc | hs | n_voters
+_SNAP_FIXED = struct.Struct("<QQQQIQQQBIIQ")  # index term fvs data_len data_crc | hs | n_voters n_learners max_id
 _ZERO_SECTOR = bytes(SECTOR)
 _ENTRIES_TYPE = bytes([REC_ENTRIES])
 _NEW = tuple.__new__  # builds an Entry without NamedTuple's argument handling (hot path)
@@ -125,10 +125,11 @@ def _hard_state_record(hs: HardState) -> bytes:
 
 
 def _encode_snapshot_header(meta: SnapshotMeta, data_len: int, data_crc: int, fvs: int, hs: HardState) -> bytes:
-    voters = tuple(meta.voters)
+    voters, learners = tuple(meta.voters), tuple(meta.learners)
     header = _SNAP_FIXED.pack(
-        meta.index, meta.term, fvs, data_len, data_crc, hs.term, hs.vote, hs.commit, bool(hs.lost_state), len(voters)
-    ) + struct.pack(f"<{len(voters)}Q", *voters)
+        meta.index, meta.term, fvs, data_len, data_crc, hs.term, hs.vote, hs.commit, bool(hs.lost_state), len(voters),
+        len(learners), meta.max_id,
+    ) + struct.pack(f"<{len(voters) + len(learners)}Q", *voters, *learners)
     lead = _U32.pack(len(header)) + header
     return SNAPSHOT_MAGIC + lead + _U32.pack(zlib.crc32(lead))
 
@@ -391,12 +392,21 @@ class FileStorage:
 
     @staticmethod
     def holds_state(path: str, fs: FileSystem | None = None) -> bool:
-        """Whether directory ``path`` holds a log or a snapshot (without opening or changing it):
-        a node whose directory does not was never started there, or lost its data."""
+        """Whether directory ``path`` holds a snapshot or a log segment that begins soundly (without
+        opening or changing anything): a node whose directory does not was never started there,
+        or lost its data. Files that a crash tore down to nothing sound (while the first segment
+        was being created) hold nothing durable, so they do not count."""
         fs = fs if fs is not None else OsFileSystem()
         if not fs.exists(path):
             return False
-        return any(n == SNAPSHOT_NAME or _SEGMENT_RE.match(n) for n in fs.listdir(path))
+        names = fs.listdir(path)
+        if SNAPSHOT_NAME in names:
+            return True
+        for seq in sorted(int(m.group(1)) for m in map(_SEGMENT_RE.match, names) if m):
+            data = fs.read(os.path.join(path, segment_name(seq)))
+            if data[:8] == WAL_MAGIC and len(data) > 8 and _check_record(data, memoryview(data), 8)[0] is None:
+                return True
+        return False
 
     def is_empty(self) -> bool:
         """Whether the directory held no WAL segment and no snapshot when this was opened.
@@ -495,7 +505,8 @@ class FileStorage:
             f.sync()
         finally:
             f.close()
-        return _Staged(tmp, SnapshotMeta(meta.index, meta.term, tuple(meta.voters)), fvs, hs, len(header), size)
+        return _Staged(tmp, SnapshotMeta(meta.index, meta.term, tuple(meta.voters), tuple(meta.learners), meta.max_id),
+                       fvs, hs, len(header), size)
 
     def _adopt(self, st: _Staged) -> None:
         self.fs.rename(st.path, self._join(SNAPSHOT_NAME))
@@ -608,6 +619,9 @@ class FileStorage:
                 hs_at[0], hs_at[1], f"hard state commits index {hs.commit} but the log ends at {last}"
             )
         rep.hard_state = hs
+        # files torn down to nothing sound (a crash while the first segment was being created)
+        # held nothing durable: the directory counts as empty (see holds_state)
+        rep.had_files = rep.snapshot is not None or any(seg.has_hard_state for seg in rep.segments)
         rep.entries = log_
         return rep
 
@@ -625,17 +639,17 @@ class FileStorage:
         (crc,) = _U32.unpack_from(data, end)
         if zlib.crc32(memoryview(data)[8:end]) != crc:
             raise CorruptStorageError(path, 8, "snapshot header checksum mismatch")
-        index, term, fvs, data_len, data_crc, t, v, c, lost, nv = _SNAP_FIXED.unpack_from(data, 12)
-        if hlen != _SNAP_FIXED.size + 8 * nv:
-            raise CorruptStorageError(path, 12, "snapshot header length does not match its voters")
-        voters = struct.unpack_from(f"<{nv}Q", data, 12 + _SNAP_FIXED.size)
+        index, term, fvs, data_len, data_crc, t, v, c, lost, nv, nl, max_id = _SNAP_FIXED.unpack_from(data, 12)
+        if hlen != _SNAP_FIXED.size + 8 * (nv + nl):
+            raise CorruptStorageError(path, 12, "snapshot header length does not match its configuration")
+        ids = struct.unpack_from(f"<{nv + nl}Q", data, 12 + _SNAP_FIXED.size)
         offset = end + 4
         if len(data) - offset != data_len:
             raise CorruptStorageError(path, offset, f"snapshot data is {len(data) - offset} bytes, expected {data_len}")
         body = data[offset:]
         if zlib.crc32(body) != data_crc:
             raise CorruptStorageError(path, offset, "snapshot data checksum mismatch")
-        rep.snapshot = _Snapshot(SnapshotMeta(index, term, voters), fvs, HardState(t, v, c, bool(lost)), offset,
+        rep.snapshot = _Snapshot(SnapshotMeta(index, term, ids[:nv], ids[nv:], max_id), fvs, HardState(t, v, c, bool(lost)), offset,
                                  data_len, len(data))
         rep.snapshot_data = body
 
