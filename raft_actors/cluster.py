@@ -19,8 +19,17 @@ import ray
 
 from .client import AsyncRaftClient, RaftClient
 from .config import RaftConfig
+from .core.membership import ConfState
 from .core.messages import SnapshotMeta
-from .errors import ClusterUnavailableError, NodeNotFoundError, NodeStartupError, RaftTimeoutError
+from .envelope import loads
+from .errors import (
+    ClusterUnavailableError,
+    MembershipChangeError,
+    NodeNotFoundError,
+    NodeStartupError,
+    NotLeaderError,
+    RaftTimeoutError,
+)
 from .node import RaftNode, node_actor_name
 from .placement import Placement, choose_slots, slot_options
 from .state_machines import KVStore
@@ -59,6 +68,9 @@ class RaftCluster:
         self.data_dir = data_dir
         self.placement: Placement = placement
         self._slots: dict[int, str | None] = {}
+        self._bootstrap: dict[int, list[int]] = {}  # each node's initial voters (empty: it joined later)
+        #: what add_node/remove_node/replace_node did, with timings (``membership_log()``)
+        self._membership_events: list[dict[str, Any]] = []
         self.config = config
         self._nodes = nodes
         self._state_machine = state_machine
@@ -139,6 +151,7 @@ class RaftCluster:
             slots = choose_slots(num_nodes, (), placement)
             for i, slot in zip(ids, slots, strict=True):
                 cluster._slots[i] = slot
+                cluster._bootstrap[i] = ids
                 cluster._nodes[i] = cluster._new_actor(i, ids, restarted=False, wait_for_start=True)
             # a node that finds nothing while others have state (its disk was replaced or
             # wiped, or it landed elsewhere) has lost its state: it must not vote
@@ -196,7 +209,8 @@ class RaftCluster:
                       os.path.dirname(node_dir) if node_dir else None, namespace)
         for node_id, h in handles.items():
             with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
-                cluster._slots[node_id] = ray.get(h.describe.remote(), timeout=_STATUS_TIMEOUT)["slot"]
+                d = ray.get(h.describe.remote(), timeout=_STATUS_TIMEOUT)
+                cluster._slots[node_id], cluster._bootstrap[node_id] = d["slot"], d["bootstrap"]
         return cluster
 
     def _existing_node_names(self) -> list[str]:
@@ -210,7 +224,9 @@ class RaftCluster:
         """The data directory of a node (on its machine); ``None`` with in-memory storage."""
         return None if self.data_dir is None else os.path.join(self.data_dir, f"node-{node_id}")
 
-    def _new_actor(self, node_id: int, ids: list[int], restarted: bool, wait_for_start: bool = False) -> Any:
+    def _new_actor(self, node_id: int, ids: list[int] | None, restarted: bool, wait_for_start: bool = False) -> Any:
+        if ids is None:
+            ids = self._bootstrap.get(node_id, [])
         slot = self._slots.get(node_id)
         actor_cls = ray.remote(RaftNode).options(
             name=node_actor_name(self.name, node_id), namespace=self.namespace, lifetime="detached",
@@ -326,17 +342,185 @@ class RaftCluster:
         taken for the leader.
         """
         deadline = time.monotonic() + timeout
-        majority = len(self._nodes) // 2 + 1
         while True:
             sts = [s for s in self._statuses().values() if s is not None]
             for s in sts:
                 if s["role"] == "leader":
-                    followers = sum(1 for o in sts if o["term"] == s["term"] and o["leader"] == s["node"])
-                    if followers >= majority:
+                    voters = s.get("voters") or tuple(self._nodes)
+                    followers = sum(1 for o in sts if o["term"] == s["term"] and o["leader"] == s["node"]
+                                    and o["node"] in voters)
+                    if followers >= len(voters) // 2 + 1:
                         return int(s["node"])
             if time.monotonic() >= deadline:
                 raise RaftTimeoutError(f"no leader within {timeout}s")
             time.sleep(self.config.tick_interval if poll is None else poll)
+
+    def configuration(self, timeout: float = 10.0) -> ConfState:
+        """The cluster's configuration (voters, learners, highest id ever used), as the leader
+        has it."""
+        leader = self.leader(timeout=timeout)
+        st = self._statuses()[leader]
+        if st is None:
+            raise ClusterUnavailableError(f"leader {leader} did not answer")
+        return ConfState(tuple(st["voters"]), tuple(st["learners"]), int(st["max_id"]))
+
+    # ------------------------------------------------------------------ membership
+    def add_node(self, promote: bool = True, timeout: float = 120.0) -> int:
+        """Add a new node to the cluster and return its id.
+
+        The node starts empty as a *learner*: it receives the log (or a snapshot) but neither
+        votes nor counts toward commit. With ``promote`` (the default) the leader then replicates
+        to it in rounds until a round takes less than an election timeout (it has caught up)
+        and makes it a voter; otherwise call :meth:`promote` later.
+
+        If the change cannot complete (the learner does not catch up, ``timeout`` passes), it is
+        aborted cleanly: the learner is removed from the configuration, its actor stopped and its
+        data deleted, and :class:`~raft_actors.errors.MembershipChangeError` (or
+        :class:`~raft_actors.errors.RaftTimeoutError`) is raised.
+        """
+        self._check_open()
+        deadline = time.monotonic() + timeout
+        conf = self.configuration(timeout=timeout)
+        node_id = max(conf.max_id, *self._nodes, 0) + 1
+        taken = [s for i, s in self._slots.items() if i not in self._dead and s is not None]
+        self._slots[node_id] = choose_slots(1, taken, self.placement)[0]
+        self._bootstrap[node_id] = []
+        t0 = time.monotonic()
+        try:
+            self._nodes[node_id] = self._new_actor(node_id, [], restarted=False)
+            self._wait_alive(node_id, deadline)
+            self._connect_all()
+            self._event("actor started", node_id, t0)
+            self._membership("add_learner", node_id, deadline)
+            self._event("learner added", node_id, t0)
+            if promote:
+                self.promote(node_id, timeout=max(0.1, deadline - time.monotonic()), _t0=t0)
+        except BaseException as exc:
+            self._event(f"aborted: {type(exc).__name__}: {exc}", node_id, t0)
+            self._abort_add(node_id)
+            raise
+        return node_id
+
+    def promote(self, node_id: int, timeout: float = 120.0, catch_up: bool = True, _t0: float | None = None) -> None:
+        """Make learner ``node_id`` a voter: once it has caught up (see :meth:`add_node`), or at
+        once with ``catch_up=False``. Raises :class:`~raft_actors.errors.MembershipChangeError`
+        if it does not catch up in time (it stays a learner)."""
+        self._check(node_id)
+        t0 = time.monotonic() if _t0 is None else _t0
+        t1 = time.monotonic()
+        _, info = self._membership("promote", node_id, time.monotonic() + timeout, catch_up)
+        if info.get("caught_up_s") is not None:
+            self._event(f"caught up ({info['rounds']} round(s) of catch-up)", node_id, t0,
+                        at=t1 + info["caught_up_s"] - t0)
+        self._event("promoted to voter", node_id, t0)
+
+    def remove_node(self, node_id: int, timeout: float = 60.0) -> None:
+        """Remove a node (voter or learner; the leader too: it hands leadership to the most
+        up-to-date voter once the change commits) and stop it, deleting its data."""
+        self._check(node_id)
+        t0 = time.monotonic()
+        self._membership("remove", node_id, t0 + timeout)
+        self._event("removed from the configuration", node_id, t0)
+        self._stop_node(node_id)
+        self._event("stopped, data deleted", node_id, t0)
+
+    def replace_node(self, node_id: int, timeout: float = 180.0) -> int:
+        """Replace node ``node_id`` (dead, or alive but to be retired) by a new node; returns
+        the new node's id.
+
+        A live node is replaced add-first (a new learner catches up and is promoted, then the old
+        node is removed), so the cluster never has fewer voters than it had. A dead one, or one
+        that lost its state, is removed first: it counts for nothing, and a smaller
+        configuration needs fewer nodes for a quorum while the new one catches up.
+        """
+        self._check(node_id)
+        deadline = time.monotonic() + timeout
+        sts = self._statuses()
+        st = sts.get(node_id)
+        healthy = st is not None and st.get("role") not in ("non-voter", "starting")
+        if healthy:
+            new = self.add_node(timeout=max(0.1, deadline - time.monotonic()))
+            self.remove_node(node_id, timeout=max(0.1, deadline - time.monotonic()))
+        else:
+            self.remove_node(node_id, timeout=max(0.1, deadline - time.monotonic()))
+            new = self.add_node(timeout=max(0.1, deadline - time.monotonic()))
+        return new
+
+    def membership_log(self) -> pd.DataFrame:
+        """What :meth:`add_node`, :meth:`promote`, :meth:`remove_node` and
+        :meth:`replace_node` did, one row per step: wall-clock time, node, event, and seconds
+        since the step's operation began."""
+        return pd.DataFrame(self._membership_events, columns=["time", "node", "event", "seconds"])
+
+    def _event(self, what: str, node_id: int, t0: float, at: float | None = None) -> None:
+        secs = time.monotonic() - t0 if at is None else at
+        self._membership_events.append({"time": pd.Timestamp.now(tz="UTC"), "node": node_id, "event": what,
+                                        "seconds": round(secs, 3)})
+        log.info("node %s: %s (%.3fs)", node_id, what, secs)
+
+    def _membership(self, kind: str, node_id: int, deadline: float, catch_up: bool = True) -> tuple[ConfState, dict]:
+        """Make one change through whoever leads, retrying across leader changes until it is
+        committed; a change that turns out to be in place already counts as done."""
+
+        def in_place(conf: ConfState) -> bool:
+            return {"add_learner": node_id in conf.members, "promote": node_id in conf.voters,
+                    "remove": node_id not in conf.members}[kind]
+
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RaftTimeoutError(f"{kind} of node {node_id} did not complete in time")
+            try:
+                leader = self.leader(timeout=left)
+                ref = self._nodes[leader].change_membership.remote(kind, node_id, catch_up)
+                out = loads(ray.get(ref, timeout=max(0.1, deadline - time.monotonic())))
+            except (ray.exceptions.RayError, TimeoutError):
+                out = None  # the leader died or did not answer in time: ask again
+            if out is not None and out.ok:
+                return out.value
+            err = out.value if out is not None else None
+            if isinstance(err, MembershipChangeError) and not err.retryable:
+                raise err
+            if err is None or isinstance(err, NotLeaderError):
+                # a change whose outcome is unknown may have been made: look before retrying
+                with contextlib.suppress(RaftTimeoutError, ClusterUnavailableError):
+                    conf = self.configuration(timeout=max(0.1, deadline - time.monotonic()))
+                    if in_place(conf):
+                        return conf, {}
+            time.sleep(self.config.tick_interval * 3)
+
+    def _wait_alive(self, node_id: int, deadline: float) -> None:
+        while True:
+            try:
+                ray.get(self._nodes[node_id].ping.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                return
+            except ray.exceptions.ActorDiedError as exc:
+                raise _startup_error(node_id, exc) or exc from exc
+            except (ray.exceptions.RayError, TimeoutError):
+                if time.monotonic() >= deadline:
+                    raise RaftTimeoutError(f"node {node_id}'s actor did not start in time") from None
+                time.sleep(0.1)
+
+    def _abort_add(self, node_id: int) -> None:
+        """Undo a node addition that did not complete: out of the configuration, actor stopped,
+        data deleted."""
+        with contextlib.suppress(Exception):
+            conf = self.configuration(timeout=10)
+            if node_id in conf.learners:
+                self._membership("remove", node_id, time.monotonic() + 30)
+        if node_id in self._nodes:
+            self._stop_node(node_id)
+
+    def _stop_node(self, node_id: int) -> None:
+        h = self._nodes.pop(node_id)
+        with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
+            ray.get(h.destroy_data.remote(), timeout=_STATUS_TIMEOUT * 5)
+        with contextlib.suppress(ray.exceptions.RayError, ValueError):
+            ray.kill(h, no_restart=True)
+        self._slots.pop(node_id, None)
+        self._dead.discard(node_id)
+        self._errors.pop(node_id, None)
+        self._connect_all()
 
     # ------------------------------------------------------------------ faults
     def kill(self, node_id: int) -> None:
@@ -377,7 +561,7 @@ class RaftCluster:
         if node_id in self._dead:
             with contextlib.suppress(ray.exceptions.RayError, ValueError):
                 ray.kill(self._nodes[node_id], no_restart=True)  # releases the name of one that died alone
-            self._nodes[node_id] = self._new_actor(node_id, self.node_ids, restarted=True)
+            self._nodes[node_id] = self._new_actor(node_id, None, restarted=True)
             self._dead.discard(node_id)
             self._errors.pop(node_id, None)
             self._connect_all()

@@ -49,6 +49,11 @@ class RaftConfig:
     max_sessions: int = 10_000
     #: the write-ahead log is cut into files of about this size; compaction deletes whole files
     wal_segment_bytes: int = 16 * 2**20
+    #: a learner is promoted once a round of catch-up (replicating what the leader had when the
+    #: round began) takes less than an election timeout; the leader gives up after this many rounds
+    catchup_rounds: int = 10
+    #: ... or when one round takes longer than this many ticks (the learner is down or too slow)
+    catchup_round_ticks: int = 1000
 
     def __post_init__(self) -> None:
         if self.tick_interval <= 0:
@@ -65,3 +70,5 @@ class RaftConfig:
             raise ValueError("snapshot_entries, snapshot_bytes and keep_entries must be >= 0")
         if self.snapshot_chunk_bytes < 1 or self.wal_segment_bytes < 1 or self.max_sessions < 1:
             raise ValueError("snapshot_chunk_bytes, wal_segment_bytes and max_sessions must be >= 1")
+        if self.catchup_rounds < 1 or self.catchup_round_ticks < 1:
+            raise ValueError("catchup_rounds and catchup_round_ticks must be >= 1")

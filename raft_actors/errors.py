@@ -67,7 +67,16 @@ class MembershipChangeError(RaftError):
 
     Raised for a change while another is still in progress, a node that is not a learner (or not
     a member), a learner that did not catch up in time (it is removed again), and the like.
+    ``retryable`` says whether the same change may succeed if tried again shortly (another
+    change was still in progress).
     """
+
+    def __init__(self, message: str = "", retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self), self.retryable)
 
 
 class CommandRejectedError(RaftError, ValueError):

@@ -19,7 +19,7 @@ import cloudpickle
 import ray
 
 from .config import RaftConfig
-from .core import HardState, Message, MsgType, NotLeader
+from .core import ConfChange, ConfChangeType, HardState, Message, MsgType, NotLeader
 from .core.messages import SnapshotMeta
 from .envelope import Outcome, dumps, encode_outcomes, loads
 from .errors import CommandRejectedError, NotLeaderError
@@ -340,12 +340,49 @@ class RaftNode:
             raise NotLeaderError(exc.leader) from None
         self._kick()
 
+    async def change_membership(self, kind: str, node_id: int, catch_up: bool = True) -> bytes:
+        """Make one membership change through this node (the leader) and wait until it is
+        committed: ``kind`` is ``"add_learner"``, ``"promote"`` (once caught up, unless
+        ``catch_up`` is false) or ``"remove"``.
+
+        Returns a pickled :class:`~raft_actors.envelope.Outcome`: the new configuration and, for
+        a promotion, ``{"caught_up_s": ..., "rounds": ...}``; or the error
+        (:class:`NotLeaderError`, :class:`LeadershipLostError`, :class:`MembershipChangeError`).
+        """
+        if not self._running:
+            return dumps(Outcome(False, NotLeaderError(0, "the node is not running")))
+        types = {"add_learner": ConfChangeType.ADD_LEARNER, "promote": ConfChangeType.PROMOTE,
+                 "remove": ConfChangeType.REMOVE}
+        if kind not in types:
+            raise ValueError(f"kind must be one of {sorted(types)}, not {kind!r}")
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        start = loop.time()
+        caught: dict[str, float] = {}
+
+        def on_caught_up(rounds: int) -> None:
+            caught.update(caught_up_s=loop.time() - start, rounds=rounds)
+
+        try:
+            if kind == "promote" and catch_up:
+                self.replica.promote_when_caught_up(node_id, _resolver(done), on_caught_up)
+            else:
+                self.replica.change_membership(ConfChange(types[kind], node_id), _resolver(done))
+        except NotLeaderError as exc:
+            return dumps(Outcome(False, exc))
+        self._kick()
+        out = await done
+        if out.ok:
+            out = Outcome(True, (out.value, caught))
+        return dumps(out)
+
     # ------------------------------------------------------------------ admin
     async def describe(self) -> dict[str, Any]:
         """How this node was made: what a driver that connects later needs to manage the cluster
         (config, state machine, data directory, slot, actor options)."""
         return {"node": self.node_id, "config": self.config, "state_machine": self._state_machine,
-                "data_dir": self.data_dir, "slot": self.slot, "actor_options": self._actor_options}
+                "data_dir": self.data_dir, "slot": self.slot, "actor_options": self._actor_options,
+                "bootstrap": list(self._voters)}
 
     async def status(self) -> dict[str, Any]:
         where = {"slot": self.slot, "ray_node": ray.get_runtime_context().get_node_id()}

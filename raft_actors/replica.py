@@ -15,10 +15,29 @@ from typing import Any, BinaryIO
 
 from .applier import Applier
 from .config import RaftConfig
-from .core import Message, MsgType, NotLeader, ProposalDropped, RaftCore, Ready, Role
+from .core import (
+    ConfChange,
+    ConfChangeError,
+    ConfChangePending,
+    EntryKind,
+    Message,
+    MsgType,
+    NotLeader,
+    ProposalDropped,
+    RaftCore,
+    Ready,
+    Role,
+)
+from .core.membership import decode_conf_entry
 from .core.messages import SnapshotMeta
 from .envelope import Outcome, decode_request
-from .errors import CommandRejectedError, LeadershipLostError, NotLeaderError, RaftTimeoutError
+from .errors import (
+    CommandRejectedError,
+    LeadershipLostError,
+    MembershipChangeError,
+    NotLeaderError,
+    RaftTimeoutError,
+)
 from .storage.base import SnapshotData, Storage
 
 WriteCallback = Callable[[Outcome], None]
@@ -85,6 +104,8 @@ class Replica:
         #: otherwise they are taken inline, as soon as they are due
         self.background_snapshots = False
         self._writes: dict[int, tuple[int, WriteCallback]] = {}
+        self._promoting: dict[int, list[WriteCallback]] = {}  # learner -> who waits for its promotion
+        self._caught_up_hooks: dict[int, Callable[[int], None]] = {}
         self._reads: dict[tuple[int, int], _PendingRead] = {}
         self._waiting: list[tuple[int, tuple[int, int], _PendingRead]] = []  # (read index, ctx, read)
         # read contexts are unique across restarts, so a late answer to a read of an earlier
@@ -188,6 +209,37 @@ class Replica:
         for i, cb in enumerate(waiting):
             self._writes[first + i] = (term, cb)
 
+    def change_membership(self, change: ConfChange, callback: WriteCallback) -> None:
+        """Propose a single-server membership change; ``callback`` gets the new
+        :class:`~raft_actors.core.ConfState` once it is committed and applied here, or a
+        :class:`MembershipChangeError` if it is refused (another change in progress, a node that
+        is not a learner...). Raises :class:`NotLeaderError` if this node is not the leader."""
+        try:
+            index, term = self.core.propose_conf_change(change)
+        except (NotLeader, ProposalDropped) as exc:
+            raise NotLeaderError(self.core.lead, str(exc)) from exc
+        except ConfChangeError as exc:
+            callback(Outcome(False, MembershipChangeError(str(exc), isinstance(exc, ConfChangePending))))
+            return
+        self._writes[index] = (term, callback)
+
+    def promote_when_caught_up(self, node: int, callback: WriteCallback,
+                               on_caught_up: Callable[[int], None] | None = None) -> None:
+        """Promote learner ``node`` once it has caught up (``RaftCore.request_promotion``);
+        ``callback`` gets the new configuration once the promotion is committed, or a
+        :class:`MembershipChangeError` if the learner did not catch up in time.
+        ``on_caught_up(rounds)`` is called when the leader proposes the promotion."""
+        if not self.core.is_leader():
+            raise NotLeaderError(self.core.lead)
+        self._promoting.setdefault(node, []).append(callback)
+        if on_caught_up is not None:
+            self._caught_up_hooks[node] = on_caught_up
+        try:
+            self.core.request_promotion(node)
+        except ConfChangeError as exc:
+            self._promoting.pop(node, None)
+            callback(Outcome(False, MembershipChangeError(str(exc))))
+
     def read(self, queries: Sequence[Any], mode: str, callback: ReadCallback) -> None:
         """Run ``queries`` against the state machine at the given consistency.
 
@@ -248,6 +300,11 @@ class Replica:
                 if pr is not None:
                     self._fail_read(pr, NotLeaderError(core.lead, "lost the read index (leader changed)"))
             self._serve_reads()
+            for p in rd.promotions:
+                self._promoted(p.node, p.index, p.term, p.error)
+                hook = self._caught_up_hooks.pop(p.node, None)
+                if hook is not None and p.error is None:
+                    hook(p.rounds)
             if rd.soft_state_changed and core.role != Role.LEADER and self._writes:
                 # Outcome unknown: the entries may still commit under the next leader. The client
                 # retries through its session, which makes the retry harmless.
@@ -259,6 +316,21 @@ class Replica:
                 self.observer(self, rd)
         self._incoming.clear()  # a snapshot the core did not take is not needed
         return out
+
+    def _promoted(self, node: int, index: int, term: int, error: str | None) -> None:
+        waiters = self._promoting.pop(node, [])
+        if not waiters:
+            return
+        if error is not None:
+            for cb in waiters:
+                cb(Outcome(False, MembershipChangeError(error)))
+            return
+
+        def done(outcome: Outcome) -> None:
+            for cb in waiters:
+                cb(outcome)
+
+        self._writes[index] = (term, done)
 
     def _install(self, meta: SnapshotMeta) -> None:
         data = self._incoming.pop(meta)
@@ -298,15 +370,13 @@ class Replica:
         applied = self.applier.applied_index
         if applied <= self._snap_index:
             return None
-        term = self.core.log.term(applied)
-        assert term is not None
         try:
             data = self.applier.snapshot()
         except Exception:
             log.exception("node %s: the state machine failed to snapshot; the log is not compacted", self.id)
             self.snapshot_failed()
             return None
-        return SnapshotMeta(applied, term, self.core.voters), data
+        return self.core.snapshot_meta(applied), data
 
     def finish_snapshot(self, meta: SnapshotMeta, data: SnapshotData, staged: Any = None) -> SnapshotMeta | None:
         """Persist a prepared snapshot (adopting ``staged``) and compact the log up to it;
@@ -330,6 +400,8 @@ class Replica:
             if e.command is not None:
                 self._bytes_since_snap += len(e.command)
             outcome = self.applier.apply(e)
+            if e.kind == EntryKind.CONFIG:
+                outcome = Outcome(True, decode_conf_entry(e.command)[1])
             waiter = self._writes.pop(e.index, None)
             if waiter is None:
                 continue
@@ -352,7 +424,9 @@ class Replica:
     def fail_all(self, exc: Exception) -> None:
         """Answer every pending request with ``exc`` (the node is going away)."""
         writes, self._writes = self._writes, {}
-        for _, cb in writes.values():
+        waiters = [cb for cbs in self._promoting.values() for cb in cbs]
+        self._promoting = {}
+        for cb in [cb for _, cb in writes.values()] + waiters:
             cb(Outcome(False, exc))
         reads = list(self._reads.values()) + [w[2] for w in self._waiting]
         self._reads, self._waiting = {}, []
@@ -362,9 +436,16 @@ class Replica:
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
         c = self.core
+        if c.lost_state:
+            role = "non-voter"
+        elif c.role != Role.FOLLOWER:
+            role = c.role.name.lower()
+        else:
+            role = {"voter": "follower", "learner": "learner"}.get(c.conf.role_of(c.id) or "", "")
+            role = role or ("removed" if c.id <= c.conf.max_id else "joining")
         return {
             "node": c.id,
-            "role": "non-voter" if c.lost_state else c.role.name.lower(),
+            "role": role,
             "term": c.term,
             "leader": c.lead,
             "commit_index": c.log.commit,
@@ -373,4 +454,8 @@ class Replica:
             "snapshot_index": c.snapshot.index,
             "log_entries": len(c.log.entries),
             "storage_bytes": self.storage.size(),
+            "voters": c.voters,
+            "learners": c.learners,
+            "conf_index": c.conf_index,
+            "max_id": c.conf.max_id,
         }

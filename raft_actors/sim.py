@@ -11,6 +11,11 @@ checks the Raft safety properties as it goes:
 - log matching (at the end): logs that agree on an entry's term agree on everything before it;
 - durability: every acknowledged write is in the committed log.
 
+With ``Faults.reconfigure_every`` the cluster also changes its membership as it runs: new nodes
+join as learners and are promoted once caught up, voters and learners are removed (the leader
+too), and nodes that lost their storage are replaced; a removed node is stopped once its
+removal commits, as the driver does.
+
 Client histories come back in :class:`SimResult` for a linearizability check
 (:mod:`raft_actors.linearizability`). Users can simulate their own state machine by passing
 ``state_machine`` and a ``workload``.
@@ -26,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import RaftConfig
-from .core import Entry, EntryKind, HardState, Message, MsgType, Ready, Role
+from .core import ConfChange, ConfChangeType, ConfState, Entry, EntryKind, HardState, Message, MsgType, Ready, Role
 from .envelope import Outcome, decode_request, encode_register, encode_request
 from .errors import NotLeaderError, SessionExpiredError
 from .linearizability import Operation
@@ -86,6 +91,10 @@ class Faults:
     lose_storage: float = 0.0
     #: chance that a crash picks a leader rather than any node
     target_leader: float = 0.5
+    #: mean virtual ms between membership changes (None: the membership never changes)
+    reconfigure_every: int | None = None
+    #: the most voters a reconfiguring run grows to (it never shrinks below 3)
+    max_voters: int = 5
 
     @classmethod
     def chaos(cls) -> Faults:
@@ -165,7 +174,9 @@ class Simulator:
         self.rng = random.Random(seed)
         self.cfg = config or RaftConfig()
         self.faults = faults if faults is not None else Faults()
-        self.ids = list(range(1, num_nodes + 1))
+        self.ids = list(range(1, num_nodes + 1))  # every node that ever existed
+        self.bootstrap = list(self.ids)  # the initial voters; nodes added later start empty
+        self.retired: set[int] = set()  # removed from the cluster and stopped for good
         self.sm_factory = state_machine
         self.workload = workload or kv_workload()
         self.tick_ms = tick_ms
@@ -192,7 +203,7 @@ class Simulator:
         self._seen_applied: dict[int, int] = {}
         self._acked: list[tuple[int, int]] = []
         self.stats = {"messages": 0, "dropped": 0, "crashes": 0, "torn_crashes": 0, "partitions": 0, "elections": 0,
-                      "snapshots": 0}
+                      "snapshots": 0, "added": 0, "promoted": 0, "removed": 0, "conf_refused": 0}
         self.faults_on = True
         self.clients_on = True
         for i in self.ids:
@@ -218,6 +229,9 @@ class Simulator:
             self._at(self._exp(self.faults.partition_every), self._repartition)
         if self.faults.crash_every:
             self._at(self._exp(self.faults.crash_every), self._crash_someone)
+        if self.faults.reconfigure_every:
+            self._at(self._exp(self.faults.reconfigure_every), self._reconfigure)
+            self._at(100, self._janitor)
         for c in self.clients:
             self._at(self.rng.randrange(50), lambda c=c: self._next_op(c))
         self._run_until(duration)
@@ -225,7 +239,7 @@ class Simulator:
         self.faults_on = False
         self.clients_on = False
         self.cut = set()
-        for i in self.ids:
+        for i in self.active():
             self.disks[i].disarm()
             if self.nodes[i] is None:
                 self._start_node(i)
@@ -251,7 +265,7 @@ class Simulator:
             storage = FileStorage(_DATA_DIR, fs=disk, segment_bytes=2048,  # small: segments roll and get deleted
                                   initial_hard_state=HardState(lost_state=True) if lost else None)
             node = Replica(
-                i, self.ids, self.cfg, storage, self.sm_factory(), random.Random(self.rng.getrandbits(64)),
+                i, self.bootstrap if i in self.bootstrap else (), self.cfg, storage, self.sm_factory(), random.Random(self.rng.getrandbits(64)),
                 lost_state=lost, observer=self._observe,
             )
         except SimCrash:
@@ -294,12 +308,23 @@ class Simulator:
         for m in out:
             self._send(m)
 
+    def active(self) -> list[int]:
+        """Nodes not removed and stopped (up or down)."""
+        return [i for i in self.ids if i not in self.retired]
+
+    def conf(self) -> ConfState:
+        """The newest configuration any live node knows of."""
+        cores = [n.core for n in self.nodes.values() if n is not None]
+        return max(cores, key=lambda c: c.conf_index).conf if cores else ConfState.initial(self.bootstrap)
+
     def _crash_someone(self) -> None:
         if not self.faults_on:
             return
-        up = [i for i in self.ids if self.nodes[i] is not None]
+        up = [i for i in self.active() if self.nodes[i] is not None]
+        voters = self.conf().voters
+        up_voters = [v for v in voters if v in up]
         # keep a majority able to come back: crash only while more than a majority is up
-        if len(up) > len(self.ids) // 2 + 1 or (len(self.ids) <= 2 and up):
+        if len(up_voters) > len(voters) // 2 + 1 or (len(voters) <= 2 and up):
             leaders = [j for j in up if (n := self.nodes[j]) is not None and n.core.role == Role.LEADER]
             i = self.rng.choice(leaders if leaders and self.rng.random() < self.faults.target_leader else up)
             if self.rng.random() < self.faults.torn_crash:
@@ -322,29 +347,103 @@ class Simulator:
         disk = self.disks[i]
         disk.crash()  # what was not fsynced is lost, or partly written
         # a node that lost its storage never votes again: keep enough voters for liveness
-        quorum = len(self.ids) // 2 + 1
+        voters = self.conf().voters
+        lost_voters = [v for v in voters if v in self.lost_storage]
         if (self.rng.random() < self.faults.lose_storage and i not in self.lost_storage
-                and len(self.lost_storage) + 1 <= len(self.ids) - quorum):
+                and len(lost_voters) + 1 <= len(voters) - (len(voters) // 2 + 1)):
             # the disk is gone: the node comes back empty and knows it lost its state
             disk.wipe()
             self.lost_storage.add(i)
         self._at(1 + self.rng.randrange(self.faults.max_downtime), lambda: self._restart(i))
 
     def _restart(self, i: int) -> None:
-        if self.nodes[i] is None:
+        if self.nodes[i] is None and i not in self.retired:
             self._start_node(i)
+
+    # ------------------------------------------------------------------ membership
+    def _reconfigure(self) -> None:
+        """One membership change through the leader, as an operator (or the driver) would make it."""
+        if not self.faults_on:
+            return
+        self._at(self._exp(self.faults.reconfigure_every or 1), self._reconfigure)
+        leaders = [n for n in self.nodes.values() if n is not None and n.core.role == Role.LEADER]
+        if not leaders:
+            return
+        ld = max(leaders, key=lambda n: n.core.term)
+        conf = ld.core.conf
+        r = self.rng.random()
+        lost = [v for v in conf.members if v in self.lost_storage]
+        if lost:
+            self._change(ld, ConfChange(ConfChangeType.REMOVE, self.rng.choice(lost)))  # replace it
+        elif conf.learners and r < 0.7:
+            node = self.rng.choice(conf.learners)
+            try:
+                ld.promote_when_caught_up(node, lambda out: self._changed("promoted", out))
+            except NotLeaderError:
+                pass
+            self._flush(ld)
+        elif conf.learners:
+            self._change(ld, ConfChange(ConfChangeType.REMOVE, self.rng.choice(conf.learners)))
+        elif len(conf.voters) < self.faults.max_voters and (r < 0.5 or len(conf.voters) <= 3):
+            new = max(max(self.ids), conf.max_id) + 1
+            self.ids.append(new)
+            self.disks[new] = SimDisk(random.Random(self.rng.getrandbits(64)))
+            self._start_node(new)
+            self._at(self.rng.randrange(self.tick_ms), lambda: self._tick(new))
+            self._change(ld, ConfChange(ConfChangeType.ADD_LEARNER, new))
+        elif len(conf.voters) > 3:
+            self._change(ld, ConfChange(ConfChangeType.REMOVE, self.rng.choice(conf.voters)))
+
+    def _janitor(self) -> None:
+        """Stop nodes whose removal committed although nobody heard back (the leader changed):
+        as ``RaftCluster.remove_node`` does, which retries until it sees the change in place."""
+        self._at(100, self._janitor)
+        leaders = [n for n in self.nodes.values() if n is not None and n.core.role == Role.LEADER]
+        if not leaders:
+            return
+        core = max(leaders, key=lambda n: n.core.term).core
+        if core.conf_index <= core.log.commit:
+            for i in self.active():
+                if i <= core.conf.max_id and i not in core.conf.members:
+                    self._retire(i)
+
+    def _change(self, ld: Replica, cc: ConfChange) -> None:
+        kind = {ConfChangeType.ADD_LEARNER: "added", ConfChangeType.REMOVE: "removed"}[cc.type]
+
+        def done(out: Outcome) -> None:
+            self._changed(kind, out)
+            if out.ok and cc.type == ConfChangeType.REMOVE:
+                # committed: stop the node for good (a moment later: not inside its own ready)
+                self._at(1, lambda: self._retire(cc.node))
+
+        try:
+            ld.change_membership(cc, done)
+        except NotLeaderError:
+            return
+        self._flush(ld)
+
+    def _changed(self, kind: str, out: Outcome) -> None:
+        self.stats[kind if out.ok else "conf_refused"] += 1
+
+    def _retire(self, i: int) -> None:
+        if i in self.retired:
+            return
+        if self.nodes.get(i) is not None:
+            self._crash(i)
+        self.retired.add(i)
 
     def _repartition(self) -> None:
         if not self.faults_on:
             return
         self.stats["partitions"] += 1
         r = self.rng.random()
-        links = [(a, b) for a in self.ids for b in self.ids if a != b]
+        active = self.active()
+        links = [(a, b) for a in active for b in active if a != b]
         if r < 0.35 or not links:
             self.cut = set()
         elif r < 0.8:
             # two sides that cannot talk to each other
-            ids = self.ids[:]
+            ids = active[:]
             self.rng.shuffle(ids)
             side = set(ids[: 1 + self.rng.randrange(len(ids) - 1)])
             self.cut = {(a, b) for a, b in links if (a in side) != (b in side)}
@@ -376,7 +475,7 @@ class Simulator:
             self._at(self._delay(), lambda: self._deliver(m))
 
     def _deliver(self, m: Message) -> None:
-        node = self.nodes[m.to]
+        node = self.nodes.get(m.to)
         if node is None or (m.frm, m.to) in self.cut:
             return
         if self._guard(node, lambda: node.step(m)):
@@ -396,7 +495,7 @@ class Simulator:
         m = Message(m.type, m.to, m.frm, m.term, snapshot=meta)
 
         def arrive() -> None:
-            node = self.nodes[m.to]
+            node = self.nodes.get(m.to)
             ok = node is not None and (m.frm, m.to) not in self.cut and not self._lost()
             if ok:
                 assert node is not None
@@ -437,9 +536,9 @@ class Simulator:
         c.attempt += 1
         attempt = c.attempt
         if c.kind == "read" and c.mode == FOLLOWER:
-            target = self.rng.choice(self.ids)
+            target = self.rng.choice(self.active())
         else:
-            target = c.hint if c.hint else self.rng.choice(self.ids)
+            target = c.hint if c.hint else self.rng.choice(self.active())
         if not self._lost():
             self._at(self._delay(), lambda: self._request_at(c, attempt, target))
         self._at(120, lambda: self._attempt_timed_out(c, attempt))
@@ -450,7 +549,7 @@ class Simulator:
             self._attempt(c)
 
     def _request_at(self, c: _Client, attempt: int, target: int) -> None:
-        node = self.nodes[target]
+        node = self.nodes.get(target)
         if node is None:
             return
 
@@ -571,8 +670,16 @@ class Simulator:
         for key in self._acked:
             if key not in present:
                 self._violation(f"acknowledged write {key} is not in the final committed log")
-        applied = {n.applier.applied_index for n in up.values()}
-        states = {n.applier.sm.snapshot() for n in up.values() if hasattr(n.applier.sm, "snapshot")}
+        # nodes whose removal committed without the sim hearing of it are left behind: fine
+        final_conf = up[leaders[0]].core.conf
+        members = {i: n for i, n in up.items() if i in final_conf.members}
+        for i, n in members.items():
+            if n.core.conf != final_conf:
+                self._violation(f"node {i} has configuration {n.core.conf}, the leader {final_conf}")
+        if len(members) != len(final_conf.members):
+            self._violation(f"members {sorted(set(final_conf.members) - set(members))} are not running at the end")
+        applied = {n.applier.applied_index for n in members.values()}
+        states = {n.applier.sm.snapshot() for n in members.values() if hasattr(n.applier.sm, "snapshot")}
         if len(applied) != 1 or len(states) > 1:
             self._violation(f"liveness: replicas did not converge after healing (applied indexes {sorted(applied)})")
 

@@ -145,6 +145,7 @@ class Net:
         self.leaders_by_term: dict[int, set[int]] = {}
         self.delivered: list[Message] = []
         self.snapshots: dict[int, list] = {i: [] for i in self.cores}  # installed from the leader
+        self.promotions: dict[int, list] = {i: [] for i in self.cores}  # reported by a leader
         #: assert election safety on every flush (a test that expects a violation turns it off)
         self.check_safety = True
 
@@ -163,6 +164,12 @@ class Net:
     def heal(self) -> None:
         self.blocked.clear()
 
+    def add(self, c: RaftCore) -> None:
+        """A new node (joining the cluster: see the membership tests)."""
+        self.cores[c.id] = c
+        for d in (self.applied, self.read_states, self.dropped_reads, self.snapshots, self.promotions):
+            d[c.id] = []
+
     def replace(self, c: RaftCore) -> None:
         """Swap in a fresh core for the same id (a restart); its queued messages are dropped."""
         self.cores[c.id] = c
@@ -180,6 +187,7 @@ class Net:
             self.applied[nid].extend(rd.committed_entries)
             self.read_states[nid].extend(rd.read_states)
             self.dropped_reads[nid].extend(rd.dropped_reads)
+            self.promotions[nid].extend(rd.promotions)
             for m in rd.messages:
                 if (m.frm, m.to) not in self.blocked and m.to not in self.down:
                     self.pending.append(m)

@@ -111,7 +111,7 @@ def test_stale_leader_steps_down_when_told_the_newer_term():
 
 
 @pytest.mark.parametrize(
-    "kind", [M.VOTE, M.VOTE_RESP, M.PRE_VOTE_RESP, M.APPEND_RESP, M.HEARTBEAT_RESP, M.READ_INDEX,
+    "kind", [M.VOTE_RESP, M.PRE_VOTE_RESP, M.APPEND_RESP, M.HEARTBEAT_RESP, M.READ_INDEX,
              M.READ_INDEX_RESP, M.TIMEOUT_NOW]
 )
 def test_other_stale_messages_are_ignored(kind):
@@ -122,6 +122,19 @@ def test_other_stale_messages_are_ignored(kind):
     c.step(msg(kind, 1, 3, 4, log_term=9, index=9, context="ctx"))
     rd = c.ready()
     assert rd.messages == [] and rd.read_states == [] and rd.dropped_reads == [] and rd.hard_state is None
+    assert (c.role, c.term, c.vote, c.lead, c.log.commit, c.election_elapsed) == before
+
+
+def test_stale_vote_is_rejected_with_current_term():
+    """A candidate stuck in an old term learns ours (it may know no node that would tell it:
+    a stale configuration), and nothing else changes here."""
+    c = core(terms=[1, 1], term=5)
+    heartbeat(c, 2)
+    c.ready()
+    before = (c.role, c.term, c.vote, c.lead, c.log.commit, c.election_elapsed)
+    c.step(msg(M.VOTE, 1, 3, 4, log_term=9, index=9))
+    (resp,) = c.ready().messages
+    assert (resp.type, resp.to, resp.term, resp.reject) == (M.VOTE_RESP, 3, 5, True)
     assert (c.role, c.term, c.vote, c.lead, c.log.commit, c.election_elapsed) == before
 
 

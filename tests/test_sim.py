@@ -24,10 +24,13 @@ BATCH = 50
 def _scenario(seed: int) -> dict:
     """Each seed also picks the cluster size, the protocol options and the fault profile."""
     rng = random.Random(seed * 7919)
-    profile = rng.choice(["default", "chaos", "lossy-storage"])
-    faults = {"default": Faults(), "chaos": Faults.chaos(), "lossy-storage": Faults(lose_storage=0.4)}[profile]
+    profile = rng.choice(["default", "chaos", "lossy-storage", "membership"])
+    faults = {"default": Faults(), "chaos": Faults.chaos(), "lossy-storage": Faults(lose_storage=0.4),
+              # nodes added, promoted and removed (the leader too) all along, lost ones replaced
+              "membership": Faults(reconfigure_every=rng.choice([80, 250]), lose_storage=0.2,
+                                   partition_every=rng.choice([300, 700]))}[profile]
     return {
-        "num_nodes": rng.choice([1, 3, 3, 5]) if profile != "lossy-storage" else rng.choice([3, 5]),
+        "num_nodes": rng.choice([1, 3, 3, 5]) if profile in ("default", "chaos") else rng.choice([3, 5]),
         "config": RaftConfig(
             pre_vote=rng.random() < 0.7,
             check_quorum=rng.random() < 0.7,

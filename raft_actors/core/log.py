@@ -14,7 +14,7 @@ class RaftLog:
     ``applied`` is the last index handed out for applying.
     """
 
-    __slots__ = ("applied", "commit", "entries", "offset", "offset_term", "unstable_from")
+    __slots__ = ("appended_from", "applied", "commit", "entries", "offset", "offset_term", "unstable_from")
 
     def __init__(self, entries: Sequence[Entry] = (), commit: int = 0, offset: int = 0, offset_term: int = 0):
         self.entries: list[Entry] = list(entries)
@@ -25,6 +25,7 @@ class RaftLog:
         self.commit = min(commit, self.last_index())
         self.applied = offset
         self.unstable_from = self.last_index() + 1
+        self.appended_from = 0  # where the last maybe_append wrote (0: nothing)
 
     def last_index(self) -> int:
         return self.offset + len(self.entries)
@@ -71,6 +72,7 @@ class RaftLog:
             return None
         last_new = prev_index + len(entries)
         conflict = self.find_conflict(entries)
+        self.appended_from = conflict
         if conflict:
             self.append(entries[conflict - entries[0].index :])
         self.commit_to(min(commit, last_new))

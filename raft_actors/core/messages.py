@@ -18,6 +18,7 @@ class EntryKind(IntEnum):
 
     NORMAL = 0  #: a client command (opaque bytes for the core)
     NOOP = 1  #: the empty entry a new leader appends to commit its term
+    CONFIG = 2  #: a membership change (see :mod:`raft_actors.core.membership`)
 
 
 class Entry(NamedTuple):
@@ -46,13 +47,16 @@ class HardState(NamedTuple):
 class SnapshotMeta(NamedTuple):
     """What a snapshot covers: every entry up to ``index`` (whose term is ``term``) is in it.
 
-    ``voters`` is the cluster configuration as of ``index``. The state itself (opaque bytes for
-    the core) travels beside the metadata, never inside the core.
+    ``voters``, ``learners`` and ``max_id`` are the cluster configuration as of ``index`` (a
+    :class:`~raft_actors.core.membership.ConfState`). The state itself (opaque bytes for the
+    core) travels beside the metadata, never inside the core.
     """
 
     index: int = 0
     term: int = 0
     voters: tuple[int, ...] = ()
+    learners: tuple[int, ...] = ()
+    max_id: int = 0
 
 
 class MsgType(IntEnum):
@@ -108,6 +112,17 @@ class Message:
     snapshot: SnapshotMeta | None = None
 
 
+class Promotion(NamedTuple):
+    """The end of a learner's catch-up (:meth:`RaftCore.request_promotion`): the leader proposed
+    its promotion at ``(index, term)``, or gave up for the reason in ``error``."""
+
+    node: int
+    index: int = 0
+    term: int = 0
+    error: str | None = None
+    rounds: int = 0
+
+
 class ReadState(NamedTuple):
     """A read request ``context`` may be served once the applied index reaches ``index``."""
 
@@ -126,7 +141,8 @@ class Ready:
     2. send ``messages``;
     3. apply ``committed_entries`` in order;
     4. serve ``read_states`` once the applied index reaches each one's index;
-       fail the requests in ``dropped_reads`` (the core could not get a read index for them).
+       fail the requests in ``dropped_reads`` (the core could not get a read index for them);
+       report ``promotions`` to whoever asked for them.
     """
 
     hard_state: HardState | None = None
@@ -137,3 +153,4 @@ class Ready:
     read_states: list[ReadState] = field(default_factory=list)
     dropped_reads: list[Any] = field(default_factory=list)
     soft_state_changed: bool = False
+    promotions: list[Promotion] = field(default_factory=list)

@@ -16,7 +16,15 @@ from typing import Any
 
 from ..config import RaftConfig
 from .log import RaftLog
-from .messages import NONE, Entry, EntryKind, HardState, Message, MsgType, ReadState, Ready, SnapshotMeta
+from .membership import (
+    ConfChange,
+    ConfChangeError,
+    ConfChangeType,
+    ConfState,
+    decode_conf_entry,
+    encode_conf_entry,
+)
+from .messages import NONE, Entry, EntryKind, HardState, Message, MsgType, Promotion, ReadState, Ready, SnapshotMeta
 from .progress import Progress, ProgressState
 
 #: ``Message.context`` of a vote request sent because of a leadership transfer.
@@ -48,6 +56,23 @@ class ProposalDropped(Exception):
     """The leader cannot take proposals right now (a leadership transfer is in progress)."""
 
 
+class ConfChangePending(ConfChangeError):
+    """Another membership change is still in progress (or the leader has not yet committed an
+    entry of its own term): try again shortly."""
+
+
+class _CatchUp:
+    """A learner catching up before its promotion: the current round replicates everything up to
+    ``target``, which the leader had when the round ``started`` (in leader ticks)."""
+
+    __slots__ = ("round", "started", "target")
+
+    def __init__(self, target: int, started: int):
+        self.round = 1
+        self.target = target
+        self.started = started
+
+
 class _ReadRound:
     """One ReadIndex round: the commit index at its start and who confirmed leadership since."""
 
@@ -64,7 +89,9 @@ class RaftCore:
 
     Args:
         node_id: this node's id (a positive int).
-        voters: ids of every voting member, this node included.
+        voters: the cluster's initial voters (the configuration before any change in the log or
+            snapshot); empty for a node that joins a running cluster: it learns the
+            configuration from the leader (membership changes travel in the log).
         config: timing and flow-control settings (only the tick-based ones are used here).
         rng: the source of randomized election timeouts (seed it for a replayable run).
         hard_state: term, vote and commit restored from storage.
@@ -90,17 +117,24 @@ class RaftCore:
         lost_state: bool = False,
         snapshot: SnapshotMeta | None = None,
     ):
-        if node_id <= 0:
+        if node_id <= 0 or any(v <= 0 for v in voters):
             raise ValueError("node ids are positive integers")
         self.id = node_id
-        self.voters = tuple(sorted(set(voters)))
-        if node_id not in self.voters:
-            raise ValueError(f"node {node_id} is not among the voters {self.voters}")
         self.cfg = config
         self.rng = rng
-        snap = snapshot or SnapshotMeta(0, 0, self.voters)
+        boot = ConfState.initial(tuple(voters))
+        snap = snapshot or SnapshotMeta(0, 0, boot.voters, boot.learners, boot.max_id)
         self.snapshot = snap  # the latest snapshot the shell holds (what a lagging follower is sent)
         self.log = RaftLog(entries, commit=max(hard_state.commit, snap.index), offset=snap.index, offset_term=snap.term)
+        # the configuration is the latest one in the log (committed or not), else the snapshot's
+        self._base_conf = _conf_of(snap)
+        self._confs: list[tuple[int, ConfState]] = []  # (index, configuration) of CONFIG entries in the log
+        self.conf = self._base_conf
+        self.voters = self.conf.voters
+        self.learners = self.conf.learners
+        self._catchups: dict[int, _CatchUp] = {}
+        self._promotions: list[Promotion] = []
+        self._leader_ticks = 0
         self._pending_snapshot: SnapshotMeta | None = None  # received from the leader, to install
         self.term = hard_state.term
         self.vote = hard_state.vote
@@ -124,6 +158,7 @@ class RaftCore:
         self.lost_state = lost_state or hard_state.lost_state
         self._verified = 0  # last index known to match the current leader's log (this term)
         self._reset_randomized_timeout()
+        self._scan_confs(self.log.offset + 1)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -139,6 +174,26 @@ class RaftCore:
 
     def _promotable(self) -> bool:
         return self.id in self.voters and not self.lost_state
+
+    def conf_at(self, index: int) -> ConfState:
+        """The configuration as of log index ``index`` (at least the snapshot's)."""
+        for i, conf in reversed(self._confs):
+            if i <= index:
+                return conf
+        return self._base_conf
+
+    @property
+    def conf_index(self) -> int:
+        """The index of the entry that made the current configuration (the snapshot's if none)."""
+        return self._confs[-1][0] if self._confs else self.snapshot.index
+
+    def snapshot_meta(self, index: int) -> SnapshotMeta:
+        """The metadata of a snapshot of the state machine at applied index ``index``."""
+        term = self.log.term(index)
+        if term is None:
+            raise ValueError(f"index {index} is not in the log")
+        conf = self.conf_at(index)
+        return SnapshotMeta(index, term, conf.voters, conf.learners, conf.max_id)
 
     # ------------------------------------------------------------------ inputs
     def tick(self) -> None:
@@ -158,10 +213,57 @@ class RaftCore:
             raise NotLeader(self.lead)
         if self.lead_transferee != NONE:
             raise ProposalDropped(f"leadership transfer to node {self.lead_transferee} in progress")
+        if self.id not in self.voters:
+            raise ProposalDropped("this leader is being removed from the cluster")
         first = self.log.last_index() + 1
         term = self.term
         self._append_own([Entry(term, first + i, c) for i, c in enumerate(commands)])
         return first, term
+
+    def propose_conf_change(self, change: ConfChange) -> tuple[int, int]:
+        """Append a single-server membership change to the leader's log; returns its
+        ``(index, term)``. It takes effect at once (on each node as soon as the entry is in its
+        log); the next change may be proposed once it is committed.
+
+        Raises :class:`NotLeader`, :class:`ProposalDropped` (leadership transfer or removal of
+        this leader in progress), :class:`ConfChangePending` (a change not yet committed, or no
+        entry of this leader's term committed yet: Ongaro's fix for single-server changes) or
+        :class:`~raft_actors.core.membership.ConfChangeError` (the change does not apply).
+        """
+        if self.role != Role.LEADER:
+            raise NotLeader(self.lead)
+        if self.lead_transferee != NONE or self.id not in self.voters:
+            raise ProposalDropped("leadership is being handed over")
+        if self.conf_index > self.log.commit:
+            raise ConfChangePending(f"the membership change at index {self.conf_index} is not committed yet")
+        if self.log.term(self.log.commit) != self.term:
+            raise ConfChangePending("the new leader has not committed an entry of its term yet")
+        conf = self.conf.apply(change)
+        if change.type == ConfChangeType.PROMOTE and self.progress[change.node].lost:
+            raise ConfChangeError(f"node {change.node} lost its state: remove it and add a new node instead")
+        index, term = self.log.last_index() + 1, self.term
+        self._append_own([Entry(term, index, encode_conf_entry(change, conf), EntryKind.CONFIG)])
+        return index, term
+
+    def request_promotion(self, node: int) -> None:
+        """Promote learner ``node`` to voter once it has caught up (Raft dissertation §4.2.1).
+
+        The leader replicates to it in rounds, each up to the last index the leader had when the
+        round began; when a round takes less than an election timeout, the learner is close
+        enough not to stall commits, and the leader proposes its promotion. After
+        ``RaftConfig.catchup_rounds`` rounds, or a round longer than
+        ``RaftConfig.catchup_round_ticks``, it gives up. Either way a :class:`Promotion` comes
+        out of :meth:`ready`.
+        """
+        if self.role != Role.LEADER:
+            raise NotLeader(self.lead)
+        if node not in self.learners:
+            raise ConfChangeError(f"node {node} is not a learner (voters {self.voters}, learners {self.learners})")
+        if self.progress[node].lost:
+            raise ConfChangeError(f"node {node} lost its state: remove it and add a new node instead")
+        if node not in self._catchups:
+            self._catchups[node] = _CatchUp(self.log.last_index(), self._leader_ticks)
+        self._check_catchup(node)
 
     def read_index(self, context: Any) -> None:
         """Ask for a linearizable read point for ``context``.
@@ -202,7 +304,12 @@ class RaftCore:
             return
         if self.log.term(snapshot.index) != snapshot.term:
             raise ValueError(f"snapshot term {snapshot.term} does not match the log at {snapshot.index}")
+        conf = self.conf_at(snapshot.index)
+        if _conf_of(snapshot) != conf:
+            raise ValueError(f"snapshot configuration {snapshot} differs from the log's {conf}")
         self.snapshot = snapshot
+        self._base_conf = conf
+        self._confs = [(i, c) for i, c in self._confs if i > snapshot.index]
         self.log.compact_to(snapshot.index - keep)
 
     def report_snapshot(self, to: int, delivered: bool) -> None:
@@ -238,8 +345,11 @@ class RaftCore:
             if m.type in _FROM_LEADER:
                 # tell a stale leader about the newer term so that it steps down
                 self._send(Message(MsgType.APPEND_RESP, m.frm, self.id, self.term))
-            elif m.type == MsgType.PRE_VOTE:
-                self._send(Message(MsgType.PRE_VOTE_RESP, m.frm, self.id, self.term, reject=True))
+            elif m.type in (MsgType.PRE_VOTE, MsgType.VOTE):
+                # reject with our term: a candidate stuck in an old term (e.g. one whose
+                # configuration no longer includes the nodes that would tell it) learns of ours
+                resp = MsgType.PRE_VOTE_RESP if m.type == MsgType.PRE_VOTE else MsgType.VOTE_RESP
+                self._send(Message(resp, m.frm, self.id, self.term, reject=True))
             return
 
         if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
@@ -260,6 +370,7 @@ class RaftCore:
             or self._dropped_reads
             or self._soft_changed
             or self._pending_snapshot is not None
+            or self._promotions
             or self.log.unstable_from <= self.log.last_index()
             or self.log.commit > self.log.applied
             or self.hard_state != self._persisted_hs
@@ -284,7 +395,9 @@ class RaftCore:
             read_states=self._read_states,
             dropped_reads=self._dropped_reads,
             soft_state_changed=self._soft_changed,
+            promotions=self._promotions,
         )
+        self._promotions = []
         self._persisted_hs = hs
         self._pending_snapshot = None
         self.log.stable_to_end()
@@ -309,6 +422,10 @@ class RaftCore:
         self._verified = 0
         self._abort_reads()
         self._soft_changed = True
+        for node in self._catchups:
+            self._promotions.append(Promotion(node, error="leadership lost during the catch-up"))
+        self._catchups = {}
+        self._leader_ticks = 0
 
     def _reset_randomized_timeout(self) -> None:
         et, jitter = self.cfg.election_ticks, self.cfg.election_jitter_ticks
@@ -337,7 +454,7 @@ class RaftCore:
         self.role = Role.LEADER
         self.lead = self.id
         last = self.log.last_index()
-        for v in self.voters:
+        for v in self.conf.members:
             self.progress[v] = Progress(last + 1, self.cfg.max_inflight)
         me = self.progress[self.id]
         me.match = last
@@ -347,6 +464,8 @@ class RaftCore:
 
     def _append_own(self, ents: list[Entry]) -> None:
         self.log.append(ents)
+        if ents[-1].kind == EntryKind.CONFIG:
+            self._scan_confs(ents[-1].index)
         self.progress[self.id].maybe_update(self.log.last_index())
         self._maybe_commit()
         self._bcast_pending = True
@@ -392,12 +511,9 @@ class RaftCore:
             or (self.vote == NONE and self.lead == NONE)
             or (pre and m.term > self.term)
         )
-        if (
-            can_vote
-            and not self.lost_state
-            and m.frm in self.voters
-            and self.log.is_up_to_date(m.index, m.log_term)
-        ):
+        # the candidate may know a newer configuration than ours: its membership is not checked
+        # here (as in etcd); its own configuration decides what a quorum is
+        if can_vote and not self.lost_state and self.log.is_up_to_date(m.index, m.log_term):
             # a granted vote answers in the term asked about (for a pre-vote, a future term)
             self._send(Message(resp, m.frm, self.id, m.term))
             if not pre:
@@ -462,6 +578,8 @@ class RaftCore:
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
+            if self.log.appended_from:
+                self._scan_confs(self.log.appended_from)
             self._verified = max(self._verified, last_new)
             self._send(Message(MsgType.APPEND_RESP, m.frm, self.id, self.term, index=last_new, context=self._mark()))
             return
@@ -486,6 +604,8 @@ class RaftCore:
                 self.log.restore(snap.index, snap.term)
                 self.snapshot = snap
                 self._pending_snapshot = snap
+                self._base_conf, self._confs = _conf_of(snap), []
+                self._scan_confs(snap.index + 1)
             self._verified = max(self._verified, snap.index)
         self._send(Message(MsgType.APPEND_RESP, m.frm, self.id, self.term, index=self.log.commit, context=self._mark()))
 
@@ -493,6 +613,11 @@ class RaftCore:
     def _tick_leader(self) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        self._leader_ticks += 1
+        for node in list(self._catchups):
+            self._check_catchup(node)
+            if self.role != Role.LEADER:
+                return
         if self.election_elapsed >= self.cfg.election_ticks:
             self.election_elapsed = 0
             if self.cfg.check_quorum:
@@ -545,8 +670,12 @@ class RaftCore:
                 pr.state == ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot
             ):
                 pr.become_replicate()
+            if m.frm in self._catchups:
+                self._check_catchup(m.frm)
             if self._maybe_commit():
                 self._bcast_pending = True
+                if self.role != Role.LEADER:
+                    return
             while self._send_append(m.frm, send_if_empty=False):
                 pass
             if m.frm == self.lead_transferee and pr.match == self.log.last_index():
@@ -584,14 +713,14 @@ class RaftCore:
         return True
 
     def _bcast_append(self) -> None:
-        for v in self.voters:
+        for v in self.progress:  # voters and learners
             if v != self.id:
                 self._send_append(v)
 
     def _bcast_heartbeat(self, context: Any) -> None:
-        for v in self.voters:
+        for v, pr in self.progress.items():
             if v != self.id:
-                commit = min(self.progress[v].match, self.log.commit)
+                commit = min(pr.match, self.log.commit)
                 self._send(Message(MsgType.HEARTBEAT, v, self.id, self.term, commit=commit, context=context))
 
     def _maybe_commit(self) -> bool:
@@ -606,8 +735,83 @@ class RaftCore:
                 deferred, self.deferred_reads = self.deferred_reads, []
                 for frm, ctx in deferred:
                     self._leader_read(frm, ctx)
+            if self.id not in self.voters and self.conf_index <= mci:
+                self._leave()
             return True
         return False
+
+    def _leave(self) -> None:
+        """The configuration without this leader is committed: hand leadership to the voter
+        with the most complete log (at once, with ``TIMEOUT_NOW``) and step down."""
+        best = max(self.voters, key=lambda v: self.progress[v].match)
+        if self.progress[best].match == self.log.last_index():
+            self._send(Message(MsgType.TIMEOUT_NOW, best, self.id, self.term))
+        self._bcast_heartbeat(None)  # the followers learn the commit index before we go
+        self._become_follower(self.term, NONE)
+
+    # ------------------------------------------------------------------ membership
+    def _scan_confs(self, first: int) -> None:
+        """The log changed from index ``first`` on: recompute the configuration from it."""
+        while self._confs and self._confs[-1][0] >= first:
+            self._confs.pop()
+        for e in self.log.slice(first, self.log.last_index() + 1):
+            if e.kind == EntryKind.CONFIG:
+                self._confs.append((e.index, decode_conf_entry(e.command)[1]))
+        conf = self._confs[-1][1] if self._confs else self._base_conf
+        if conf != self.conf:
+            self._set_conf(conf)
+
+    def _set_conf(self, conf: ConfState) -> None:
+        self.conf, self.voters, self.learners = conf, conf.voters, conf.learners
+        self._soft_changed = True
+        if self.role == Role.LEADER:
+            last = self.log.last_index()
+            for n in conf.members:
+                if n not in self.progress:
+                    self.progress[n] = Progress(last + 1, self.cfg.max_inflight)
+            for n in [n for n in self.progress if n != self.id and n not in conf.members]:
+                del self.progress[n]
+            for n in [n for n in self._catchups if n not in conf.learners]:
+                del self._catchups[n]
+                if n not in conf.voters:
+                    self._promotions.append(Promotion(n, error=f"node {n} was removed during its catch-up"))
+            if self.lead_transferee not in conf.voters:
+                self.lead_transferee = NONE
+            self._bcast_pending = True
+            if self._maybe_commit():  # a smaller quorum may commit more
+                return
+        elif self.role != Role.FOLLOWER and not self._promotable():
+            self._become_follower(self.term, NONE)
+
+    def _check_catchup(self, node: int) -> None:
+        cu = self._catchups[node]
+        pr = self.progress[node]
+        elapsed = self._leader_ticks - cu.started
+        if pr.lost:
+            self._end_catchup(node, f"node {node} lost its state during its catch-up")
+        elif pr.match >= cu.target:
+            if elapsed <= self.cfg.election_ticks:
+                del self._catchups[node]
+                try:
+                    index, term = self.propose_conf_change(ConfChange(ConfChangeType.PROMOTE, node))
+                except (ConfChangePending, ProposalDropped):
+                    cu.target, cu.started = self.log.last_index(), self._leader_ticks  # a round more
+                    self._catchups[node] = cu
+                    return
+                self._promotions.append(Promotion(node, index, term, rounds=cu.round))
+                return
+            cu.round += 1
+            if cu.round > self.cfg.catchup_rounds:
+                self._end_catchup(node, f"node {node} was still behind after {self.cfg.catchup_rounds} rounds")
+            else:
+                cu.target, cu.started = self.log.last_index(), self._leader_ticks
+        elif elapsed > self.cfg.catchup_round_ticks:
+            self._end_catchup(node, f"round {cu.round} of node {node}'s catch-up took more than "
+                                    f"{self.cfg.catchup_round_ticks} ticks (it is down or too slow)")
+
+    def _end_catchup(self, node: int, error: str) -> None:
+        del self._catchups[node]
+        self._promotions.append(Promotion(node, error=error))
 
     # ------------------------------------------------------------------ ReadIndex
     def _leader_read(self, frm: int, context: Any) -> None:
@@ -615,7 +819,7 @@ class RaftCore:
             # until it commits an entry of its term a new leader does not know the commit index
             self.deferred_reads.append((frm, context))
             return
-        if len(self.voters) == 1:
+        if self.voters == (self.id,):
             self._release_read(frm, context, self.log.commit)
             return
         round_id = self._next_round
@@ -663,3 +867,8 @@ class RaftCore:
 
     def _send(self, m: Message) -> None:
         self._msgs.append(m)
+
+
+def _conf_of(snap: SnapshotMeta) -> ConfState:
+    members = tuple(snap.voters) + tuple(snap.learners)
+    return ConfState(tuple(snap.voters), tuple(snap.learners), max((snap.max_id, *members), default=0))
