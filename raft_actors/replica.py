@@ -216,8 +216,11 @@ class Replica:
         is not a learner...). Raises :class:`NotLeaderError` if this node is not the leader."""
         try:
             index, term = self.core.propose_conf_change(change)
-        except (NotLeader, ProposalDropped) as exc:
-            raise NotLeaderError(self.core.lead, str(exc)) from exc
+        except NotLeader as exc:
+            raise NotLeaderError(exc.leader) from exc
+        except ProposalDropped as exc:  # a transfer or this leader's removal: over shortly
+            callback(Outcome(False, MembershipChangeError(str(exc), retryable=True)))
+            return
         except ConfChangeError as exc:
             callback(Outcome(False, MembershipChangeError(str(exc), isinstance(exc, ConfChangePending))))
             return
@@ -370,13 +373,19 @@ class Replica:
         applied = self.applier.applied_index
         if applied <= self._snap_index:
             return None
+        meta = self.core.snapshot_meta(applied)
+        if not meta.voters:
+            # a joining node that has not yet received the entry adding it does not know the
+            # configuration of this prefix: its snapshot would carry an empty one
+            self.snapshot_failed()
+            return None
         try:
             data = self.applier.snapshot()
         except Exception:
             log.exception("node %s: the state machine failed to snapshot; the log is not compacted", self.id)
             self.snapshot_failed()
             return None
-        return self.core.snapshot_meta(applied), data
+        return meta, data
 
     def finish_snapshot(self, meta: SnapshotMeta, data: SnapshotData, staged: Any = None) -> SnapshotMeta | None:
         """Persist a prepared snapshot (adopting ``staged``) and compact the log up to it;

@@ -13,8 +13,10 @@ from raft_actors.core import (
     ConfChangePending,
     ConfChangeType,
     ConfState,
+    Entry,
     EntryKind,
     HardState,
+    Message,
     MsgType,
     ProposalDropped,
     RaftCore,
@@ -22,7 +24,7 @@ from raft_actors.core import (
 )
 from raft_actors.core.membership import decode_conf_entry, encode_conf_entry
 
-from .core_helpers import ET, Net, cluster, config, of
+from .core_helpers import ET, Net, cluster, config, ents, of
 
 ADD, PROMOTE, REMOVE = ConfChangeType.ADD_LEARNER, ConfChangeType.PROMOTE, ConfChangeType.REMOVE
 
@@ -319,3 +321,23 @@ def test_a_snapshot_brings_a_joiner_its_configuration() -> None:
     ld.compact(ld.snapshot_meta(ld.log.applied))  # the ADD entry itself is now in the snapshot
     net.tick(4)
     assert net.snapshots[4] and net[4].conf == ld.conf == ConfState((1, 2, 3), (4,), 4)
+
+
+def test_a_joiner_takes_no_snapshot_before_it_knows_the_configuration() -> None:
+    from raft_actors.replica import Replica
+    from raft_actors.state_machines import KVStore
+    from raft_actors.storage import MemoryStorage
+
+    r = Replica(4, (), config(), MemoryStorage(), KVStore(), random.Random(4))
+    noop = [e._replace(command=None, kind=EntryKind.NOOP) for e in ents([1, 1, 1])]
+    r.step(Message(MsgType.APPEND, 4, 1, 1, 0, 0, noop, commit=3))
+    r.process_ready()
+    assert r.applier.applied_index == 3 and r.core.conf.voters == ()
+    assert r.prepare_snapshot() is None  # it would say "no voters" for this prefix
+    cc = ConfChange(ADD, 4)
+    conf = ConfState.initial([1, 2, 3]).apply(cc)
+    add = Entry(1, 4, encode_conf_entry(cc, conf), EntryKind.CONFIG)
+    r.step(Message(MsgType.APPEND, 4, 1, 1, 1, 3, [add], commit=4))
+    r.process_ready()
+    meta, _ = r.prepare_snapshot()
+    assert (meta.index, meta.voters, meta.learners) == (4, (1, 2, 3), (4,))

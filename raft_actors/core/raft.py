@@ -743,8 +743,9 @@ class RaftCore:
     def _leave(self) -> None:
         """The configuration without this leader is committed: hand leadership to the voter
         with the most complete log (at once, with ``TIMEOUT_NOW``) and step down."""
-        best = max(self.voters, key=lambda v: self.progress[v].match)
-        if self.progress[best].match == self.log.last_index():
+        able = [v for v in self.voters if not self.progress[v].lost]  # a lost-state voter never campaigns
+        best = max(able, key=lambda v: self.progress[v].match, default=NONE)
+        if best != NONE and self.progress[best].match == self.log.last_index():
             self._send(Message(MsgType.TIMEOUT_NOW, best, self.id, self.term))
         self._bcast_heartbeat(None)  # the followers learn the commit index before we go
         self._become_follower(self.term, NONE)
@@ -794,8 +795,11 @@ class RaftCore:
                 del self._catchups[node]
                 try:
                     index, term = self.propose_conf_change(ConfChange(ConfChangeType.PROMOTE, node))
-                except (ConfChangePending, ProposalDropped):
-                    cu.target, cu.started = self.log.last_index(), self._leader_ticks  # a round more
+                except ProposalDropped:
+                    self._promotions.append(Promotion(node, error="the leader is handing over leadership"))
+                    return
+                except ConfChangePending:  # the previous change commits shortly: a round more
+                    cu.target, cu.started = self.log.last_index(), self._leader_ticks
                     self._catchups[node] = cu
                     return
                 self._promotions.append(Promotion(node, index, term, rounds=cu.round))
