@@ -131,7 +131,7 @@ class LoadGenerator:
         index: this generator's number (it seeds the random numbers and labels the records).
         generators: how many generators share ``spec.rate``.
         cluster_name: the cluster's name (``RaftCluster.name``), to follow restarted nodes.
-        namespace: the Ray namespace of the node actors (default: this job's).
+        namespace: the Ray namespace of the node actors (``RaftCluster.namespace``; default: this job's).
     """
 
     def __init__(self, nodes: Mapping[int, Any], config: RaftConfig, spec: LoadSpec, index: int = 0,
@@ -371,7 +371,7 @@ def run_load(cluster: RaftCluster, spec: LoadSpec, generators: int = 1,
     if generators < 1:
         raise ValueError("generators must be >= 1")
     nodes = {i: cluster.handle(i) for i in cluster.node_ids}
-    namespace = ray.get_runtime_context().namespace
+    namespace = cluster.namespace  # where the node actors are named
     options: dict[str, Any] = {"num_cpus": 0, "max_restarts": 0}
     options.update(placement or {})
     actor = ray.remote(LoadGenerator).options(**options)
