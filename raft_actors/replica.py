@@ -293,7 +293,6 @@ class Replica:
             out.extend(rd.messages)
             if rd.committed_entries:
                 self._apply(rd.committed_entries)
-                self._maybe_snapshot()
             for rs in rd.read_states:
                 pr = self._reads.pop(rs.context, None)
                 if pr is not None:
@@ -317,6 +316,8 @@ class Replica:
                     cb(Outcome(False, err))
             if self.observer is not None:
                 self.observer(self, rd)
+            if rd.committed_entries:
+                self._maybe_snapshot()  # last: a crash while it writes comes after all of the above
         self._incoming.clear()  # a snapshot the core did not take is not needed
         return out
 
