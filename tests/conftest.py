@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
+
+from .waiting import wait_until
+
+__all__ = ["cluster_with_keys", "open_session", "wait_until"]
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -60,15 +63,3 @@ def open_session(handle) -> int:
     (out,) = loads(ray.get(handle.submit.remote(dumps([encode_register()]))))
     assert out.ok, out
     return out.value
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> object:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)

@@ -31,6 +31,8 @@ import tempfile
 import time
 from typing import Any
 
+from waiting import process_alive, wait_until  # this directory: the script runs as a file
+
 NAMESPACE = "raft_multinode"
 NAME = "multinode"
 SLOTS = ("a", "b", "c")
@@ -50,17 +52,6 @@ def timing(step: str, seconds: float) -> None:
     print(f"TIMING {step} {seconds:.1f}", flush=True)
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 def read_at(handle: Any, keys: list[str]) -> dict[str, Any]:
     """Read ``keys`` at one node with consistency ``follower``: a linearizable read answered by
     that node's own state machine."""
@@ -74,16 +65,6 @@ def read_at(handle: Any, keys: list[str]) -> dict[str, Any]:
     failed = [o for o in outcomes if not o.ok]
     assert not failed, f"reads failed at the node: {failed[:3]}"
     return {k: o.value for k, o in zip(keys, outcomes, strict=True)}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------- the second driver
@@ -217,7 +198,7 @@ class Scenario:
         self.ray_cluster.remove_node(self.holder.pop(slot), allow_graceful=False)
         timing(f"{what}_remove_node", time.monotonic() - t_remove)
         # (two actor processes on one data directory would be a test artefact, not a machine loss)
-        wait_for(lambda: not _alive(old_pid), 10, f"the actor process {old_pid} to die with its Ray node")
+        wait_until(lambda: not process_alive(old_pid), 10, what=f"the actor process {old_pid} to die with its Ray node")
 
         # the other two serve writes and linearizable reads (after electing a leader, if needed)
         t = time.monotonic()
@@ -240,7 +221,7 @@ class Scenario:
             return (row["role"] in ("leader", "follower") and row["ray_node"] == new.node_id
                     and row["applied_index"] >= st["commit_index"].max())
 
-        wait_for(back, 60, f"node {node} to come back on the new Ray node and catch up")
+        wait_until(back, 60, interval=0.2, what=f"node {node} to come back on the new Ray node and catch up")
         timing(f"{what}_back_after_add", time.monotonic() - t_add)
         timing(f"{what}_back_after_remove", time.monotonic() - t_remove)
         row = self.raft.status().loc[node]

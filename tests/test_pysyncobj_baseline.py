@@ -14,6 +14,8 @@ pytest.importorskip("pysyncobj")
 
 from benchmarks import pysyncobj_baseline as baseline
 
+from .waiting import process_alive
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -37,16 +39,6 @@ def _children() -> set[int]:
 def _in_groups(groups: list[int]) -> set[int]:
     """PIDs of the processes in any of the process groups ``groups``."""
     return {pid for pid, (_, _, pgrp) in _processes().items() if pgrp in groups}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _positive(x: float) -> bool:
@@ -76,7 +68,7 @@ def test_short_runs_give_positive_numbers_and_clean_up() -> None:
 
     pids = tp["node_pids"] + lat["node_pids"]
     assert len(set(pids)) == 6
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
     assert _children() <= before
 
 
@@ -99,9 +91,9 @@ def test_cluster_stops_its_processes_on_error() -> None:
     with pytest.raises(KeyboardInterrupt), baseline.PySyncObjCluster(nodes=3) as cluster:
         pids = list(cluster.pids)
         assert cluster.leader is not None
-        assert all(_alive(pid) for pid in pids)
+        assert all(process_alive(pid) for pid in pids)
         raise KeyboardInterrupt
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
     assert _children() <= before
 
 
