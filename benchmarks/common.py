@@ -12,8 +12,10 @@ import asyncio
 import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,6 +23,7 @@ import pandas as pd
 import ray
 from tabulate import tabulate
 
+from raft_actors import KVStore, RaftCluster, RaftConfig
 from raft_actors.demo import ray_round_trip
 
 T = TypeVar("T")
@@ -107,3 +110,24 @@ def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterato
     from tqdm import tqdm
 
     yield from tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+@contextmanager
+def fresh_cluster(nodes: int, config: RaftConfig | None = None, storage: str = "file") -> Iterator[RaftCluster]:
+    """A fresh KV cluster with its data in a temporary directory, deleted afterwards on every
+    machine (on a multi-machine Ray too)."""
+    with tempfile.TemporaryDirectory(prefix="raft-bench-") as tmp:
+        cl = RaftCluster.launch(nodes, KVStore, config, storage=storage, data_dir=tmp)  # type: ignore[arg-type]
+        try:
+            yield cl
+        finally:
+            cl.shutdown(delete_data=True)
+
+
+def init_ray(address: str | None = None) -> bool:
+    """Start or join Ray for a benchmark run (``address``: an existing cluster, e.g. ``"auto"``);
+    whether this call did it (and so should shut it down)."""
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    return True

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import statistics
-import tempfile
 import threading
 import time
 from typing import Any
@@ -28,7 +27,7 @@ from raft_actors.replica import Replica
 from raft_actors.state_machines import put
 from raft_actors.storage import FileStorage
 
-from .common import environment, pyplot, show
+from .common import environment, fresh_cluster, init_ray, pyplot, show
 
 _NO_SNAPSHOTS = {"snapshot_entries": 0, "snapshot_bytes": 0}
 
@@ -71,7 +70,7 @@ def fsync_cost(seconds: float = 5.0) -> pd.DataFrame:
     and under load (8 sessions x 128 writes in flight)."""
     rows = []
     for storage in ("memory", "file"):
-        with tempfile.TemporaryDirectory() as tmp, RaftCluster.launch(3, KVStore, storage=storage, data_dir=tmp) as cl:
+        with fresh_cluster(3, storage=storage) as cl:
             leader = cl.leader()
             rtt = ray_round_trip(cl.handle(leader))
             for phase in ("1 client", "load"):
@@ -103,7 +102,7 @@ def recovery_time(entries: int = 100_000, repeats: int = 3) -> pd.DataFrame:
     and until it has caught up; once from the whole log, once from a snapshot."""
     rows = []
     cfg = RaftConfig(**_NO_SNAPSHOTS)
-    with tempfile.TemporaryDirectory() as tmp, RaftCluster.launch(3, KVStore, cfg, data_dir=tmp) as cl:
+    with fresh_cluster(3, cfg) as cl:
         _fill(cl, entries, keys=10_000)
         victim = _followers(cl)[0]
         rtt = ray_round_trip(cl.handle(cl.leader()))
@@ -149,7 +148,7 @@ def long_run(ops: int = 1_000_000, snapshot_entries: int = 100_000, keys: int = 
     cfg = RaftConfig(snapshot_entries=snapshot_entries, **({} if snapshot_entries else {"snapshot_bytes": 0}))
     samples: list[dict[str, Any]] = []
     done = [0]
-    with tempfile.TemporaryDirectory() as tmp, RaftCluster.launch(3, KVStore, cfg, data_dir=tmp) as cl:
+    with fresh_cluster(3, cfg) as cl:
         leader = cl.leader()
         stop = threading.Event()
         t0 = time.monotonic()
@@ -209,7 +208,7 @@ def large_snapshot(state_mib: int = 100, chunk_mib: float = 1.0) -> pd.DataFrame
     heartbeats) stalls meanwhile, seen as the round trip of calls to it, and any election."""
     cfg = RaftConfig(snapshot_entries=0, snapshot_bytes=0, keep_entries=0, snapshot_chunk_bytes=int(chunk_mib * 2**20))
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, RaftCluster.launch(3, KVStore, cfg, data_dir=tmp) as cl:
+    with fresh_cluster(3, cfg) as cl:
         leader = cl.leader()
         lh = cl.handle(leader)
         victim = _followers(cl)[0]
@@ -306,10 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes: about a minute")
     p.add_argument("--out", default="benchmark-results/durability", help="directory for CSV, JSON and plots")
     p.add_argument("--only", choices=["fsync", "recovery", "large_snapshot", "long_run"], help="run one benchmark")
+    p.add_argument("--address", help="an existing Ray cluster (e.g. auto); default: a local Ray")
     a = p.parse_args(argv)
     ops, entries, seconds = (100_000, 20_000, 3.0) if a.quick else (1_000_000, 100_000, 5.0)
     os.makedirs(a.out, exist_ok=True)
-    ray.init(include_dashboard=False, log_to_driver=False)
+    started = init_ray(a.address)
     config = {"ops": ops, "recovery_entries": entries, "throughput_seconds": seconds, "value_bytes": 16,
               "snapshot_entries": 100_000 if not a.quick else 20_000, "snapshot_state_mib": 10 if a.quick else 100}
     results: dict[str, pd.DataFrame] = {}
@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(a.out, "run.json"), "w") as f:
         json.dump({"config": config, "environment": environment()}, f, indent=2)
     print(f"results: {a.out}/")
-    ray.shutdown()
+    if started:
+        ray.shutdown()
     return 0
 
 

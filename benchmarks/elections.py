@@ -3,16 +3,15 @@ the Raft paper's Figure 16), and how long a graceful leadership transfer takes."
 
 from __future__ import annotations
 
-import tempfile
 import time
 from typing import Any
 
 import pandas as pd
 import ray
 
-from raft_actors import KVStore, RaftCluster, RaftConfig, RaftTimeoutError
+from raft_actors import RaftConfig, RaftTimeoutError
 
-from .common import progress, pyplot
+from .common import fresh_cluster, progress, pyplot
 
 #: election timeout ranges (ms) of Figure 16: from no randomness to a range twice the minimum
 FIGURE16_RANGES = ((150, 150), (150, 155), (150, 175), (150, 200), (150, 300))
@@ -33,7 +32,7 @@ def election_timing(ranges: tuple[tuple[int, int], ...] = FIGURE16_RANGES, trial
     rows: list[dict[str, Any]] = []
     for lo, hi in ranges:
         cfg = _config(lo, hi, tick_ms)
-        with tempfile.TemporaryDirectory() as tmp, RaftCluster.launch(nodes, KVStore, cfg, data_dir=tmp) as cl:
+        with fresh_cluster(nodes, cfg) as cl:
             client = cl.client()
             for trial in progress(range(trials), f"elections {lo}-{hi} ms"):
                 client.submit(("put", "trial", trial))
@@ -89,7 +88,7 @@ def transfer_timing(transfers: int = 10, nodes: int = 3, rtt_ms: float | None = 
     """Hand leadership to another node ``transfers`` times; time from asking the leader until
     the target reports itself leader (polled directly, about one round trip of resolution)."""
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp, RaftCluster.launch(nodes, KVStore, data_dir=tmp) as cl:
+    with fresh_cluster(nodes) as cl:
         client = cl.client()
         for k in progress(range(transfers), "transfers"):
             client.submit(("put", "transfer", k))

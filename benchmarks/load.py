@@ -7,21 +7,17 @@ round trip.
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from raft_actors import RaftCluster, RaftConfig
 from workloads import LoadSpec, Mix, run_load, summarize, write_only
 
-from .common import Baseline, progress, pyplot
+from .common import Baseline, fresh_cluster, progress, pyplot
 
 
 @dataclass(frozen=True)
@@ -39,19 +35,6 @@ class Point:
         return write_only(value_size=self.value_size)
 
 
-@contextmanager
-def cluster_for(nodes: int, storage: str = "file", config: RaftConfig | None = None) -> Iterator[RaftCluster]:
-    """A fresh local cluster with its data in a temporary directory, deleted afterwards."""
-    from raft_actors import KVStore
-
-    with tempfile.TemporaryDirectory(prefix="raft-bench-") as tmp:
-        cl = RaftCluster.launch(nodes, KVStore, config, storage=storage, data_dir=tmp)  # type: ignore[arg-type]
-        try:
-            yield cl
-        finally:
-            cl.shutdown(delete_data=True)
-
-
 def _row(summary: dict[str, Any], base: Baseline) -> dict[str, Any]:
     return {
         "throughput_ops_s": summary["throughput"], "p50_ms": summary["p50_ms"], "p99_ms": summary["p99_ms"],
@@ -67,7 +50,7 @@ def throughput(points: list[Point], base: Baseline, duration: float = 5.0, warmu
     rows = []
     for key in dict.fromkeys((p.nodes, p.storage) for p in points):
         group = [p for p in points if (p.nodes, p.storage) == key]
-        with cluster_for(*key) as cl:
+        with fresh_cluster(*key) as cl:
             for p in progress(group, f"throughput, {key[0]} nodes"):
                 spec = LoadSpec(p.mix(), clients=p.clients, in_flight=p.in_flight, duration=duration, warmup=warmup)
                 s = summarize(run_load(cl, spec, generators=p.generators))
@@ -80,7 +63,7 @@ def latency(base: Baseline, loads: tuple[float, ...] = (0.25, 0.5, 0.75), peak: 
     """Open-loop latency percentiles at fixed offered loads: ``loads`` are fractions of
     ``peak`` (ops/s; measured first, closed loop, if not given). One row per load."""
     rows = []
-    with cluster_for(nodes) as cl:
+    with fresh_cluster(nodes) as cl:
         mix = write_only(value_size=value_size)
         if peak is None:
             peak = summarize(run_load(cl, LoadSpec(mix, clients=8, in_flight=128, duration=duration, warmup=1)))[
@@ -102,7 +85,7 @@ def failover(base: Baseline, kills: int = 5, interval: float = 4.0, nodes: int =
     from its log before the next kill). For each kill: the time until a new leader is followed
     by a majority, and the client-visible unavailability, the longest stretch after the kill
     with no write completing. Returns (one row per kill, every operation of the run)."""
-    with cluster_for(nodes) as cl:
+    with fresh_cluster(nodes) as cl:
         spec = LoadSpec(write_only(), clients=clients, in_flight=in_flight, duration=kills * interval + 2, warmup=0.5)
         result: dict[str, pd.DataFrame] = {}
         runner = threading.Thread(target=lambda: result.__setitem__("ops", run_load(cl, spec)))

@@ -20,8 +20,10 @@ from typing import Any
 import pandas as pd
 import ray
 
-from . import elections, load
-from .common import Baseline, ray_baseline, save, show
+from raft_actors.placement import available_slots
+
+from . import elections, load, membership
+from .common import Baseline, init_ray, ray_baseline, save, show
 from .load import Point
 
 
@@ -65,14 +67,14 @@ def _targets(tables: dict[str, pd.DataFrame], base: Baseline, pysyncobj: dict[st
     return pd.DataFrame(rows)
 
 
-def run(full: bool = False, out: str | None = None, pysyncobj: bool = False, only: set[str] | None = None) -> dict[str, Any]:
-    """Run the suite; returns every table (and the PySyncObj results, if asked for)."""
+def run(full: bool = False, out: str | None = None, pysyncobj: bool = False, only: set[str] | None = None,
+        address: str | None = None) -> dict[str, Any]:
+    """Run the suite (on a local Ray, or on the Ray cluster at ``address``); returns every table
+    (and the PySyncObj results, if asked for)."""
     out = out or os.path.join("benchmark-results", time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(out, exist_ok=True)
-    want = only or {"throughput", "latency", "failover", "transfer", "elections"}
-    started = not ray.is_initialized()
-    if started:
-        ray.init(include_dashboard=False, log_to_driver=False)
+    want = only or {"throughput", "latency", "failover", "transfer", "elections", "membership"}
+    started = init_ray(address)
     tables: dict[str, pd.DataFrame] = {}
     try:
         base = ray_baseline()
@@ -89,6 +91,12 @@ def run(full: bool = False, out: str | None = None, pysyncobj: bool = False, onl
                           + [Point(value_size=v) for v in (1024, 16384)]
                           + [Point(nodes=n) for n in (5, 7)]
                           + [Point(storage="memory")])
+            slots = available_slots()  # on machines offering slots, each node needs its own
+            if slots:
+                skipped = sorted({p.nodes for p in points if p.nodes > len(slots)})
+                points = [p for p in points if p.nodes <= len(slots)]
+                if skipped:
+                    print(f"skipping {skipped}-node points: the Ray cluster offers {len(slots)} raft slots")
             tables["throughput"] = load.throughput(points, base, duration=5.0 if full else 4.0)
             show("closed-loop write throughput (16-byte values unless said)", tables["throughput"])
             save(out, "throughput", tables["throughput"], {"points": [p.__dict__ for p in points]})
@@ -125,6 +133,13 @@ def run(full: bool = False, out: str | None = None, pysyncobj: bool = False, onl
             save(out, "elections", df, {"ranges_ms": ranges, "trials": trials, "nodes": nodes})
             elections.plot_elections(df, os.path.join(out, "elections.png"))
 
+        if "membership" in want:
+            preload, runs = (50_000, 3) if full else (20_000, 1)
+            tables["membership"] = membership.membership_timeline(preload, runs)
+            show("membership under load: learner added, caught up by snapshot, promoted; leader removed "
+                 "(seconds since each call began)", tables["membership"])
+            save(out, "membership", tables["membership"], {"preload": preload, "runs": runs})
+
         sync = None
         if pysyncobj:
             from . import pysyncobj_baseline
@@ -156,8 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", action="store_true", help="the full sweeps (many minutes) instead of the quick suite")
     p.add_argument("--out", help="directory for CSV, JSON and PNG (default: benchmark-results/<time>)")
     p.add_argument("--pysyncobj", action="store_true", help="also run PySyncObj on the same workload (pip install pysyncobj)")
-    p.add_argument("--only", nargs="+", choices=["throughput", "latency", "failover", "transfer", "elections"],
+    p.add_argument("--only", nargs="+",
+                   choices=["throughput", "latency", "failover", "transfer", "elections", "membership"],
                    help="run only these benchmarks")
+    p.add_argument("--address", help="run on an existing Ray cluster (e.g. auto, after ray up cluster.yaml); "
+                                     "default: a local Ray started for the run")
     a = p.parse_args(argv)
-    run(full=a.full, out=a.out, pysyncobj=a.pysyncobj, only=set(a.only) if a.only else None)
+    run(full=a.full, out=a.out, pysyncobj=a.pysyncobj, only=set(a.only) if a.only else None, address=a.address)
     return 0
