@@ -168,36 +168,11 @@ def trickle(net: Net, nid: int, rate: int) -> None:
         net.deliver(lambda m: m.frm == nid)
 
 
-def test_catch_up_gives_up_after_rounds_that_never_get_short() -> None:
-    # the learner gains 3 entries a tick while the leader writes 2: each round takes 2/3 of the
-    # one before (Ongaro's convergence), but starting 300 entries behind, round 4 would still be
-    # longer than an election timeout: with 3 rounds allowed, the leader gives up
-    net, ld = settled(catchup_rounds=3, max_entries_per_message=1, max_inflight=1000)
-    add_learner(net, ld, 4)
-    net.isolate(4)
-    for k in range(150):
-        ld.propose([f"a{k}".encode(), f"b{k}".encode()])
-    net.tick(1)
-    net.heal()
-    ld.request_promotion(4)
-    promos = net.promotions[ld.id]
-    ticks = 0
-    while not promos and ticks < 400:
-        ld.propose([f"w{ticks}".encode(), f"x{ticks}".encode()])
-        for c in net.cores.values():
-            c.tick()
-        net.deliver(lambda m: 4 not in (m.to, m.frm))
-        net.drop(lambda m: m.to == 4 and m.type != MsgType.APPEND)
-        trickle(net, 4, 3)
-        ticks += 1
-    assert len(promos) == 1 and "still behind after 3 rounds" in (promos[0].error or ""), (promos, ticks)
-    assert ld.voters == (1, 2, 3) and ld.learners == (4,)
-    assert net[4].log.last_index() > 300  # it did make progress all along
-
-
-def test_a_learner_that_keeps_up_is_promoted_while_writes_go_on() -> None:
-    # the same, but the learner gains 6 entries a tick: rounds shrink fast below an election timeout
-    net, ld = settled(catchup_rounds=10, max_entries_per_message=1, max_inflight=1000)
+def catch_up_while_writing(rate: int, rounds: int) -> tuple[RaftCore, Net, list]:
+    """Learner 4 starts 300 entries behind and is asked for promotion; then, every tick, the
+    leader writes 2 entries and node 4 gains ``rate``. Returns the leader, the net and the
+    leader's promotion reports once there is one (or after 400 ticks)."""
+    net, ld = settled(catchup_rounds=rounds, max_entries_per_message=1, max_inflight=1000)
     add_learner(net, ld, 4)
     net.isolate(4)
     for k in range(150):
@@ -214,7 +189,23 @@ def test_a_learner_that_keeps_up_is_promoted_while_writes_go_on() -> None:
             c.tick()
         net.deliver(lambda m: 4 not in (m.to, m.frm))
         net.drop(lambda m: m.to == 4 and m.type != MsgType.APPEND)
-        trickle(net, 4, 6)
+        trickle(net, 4, rate)
+    return ld, net, promos
+
+
+def test_catch_up_gives_up_after_rounds_that_never_get_short() -> None:
+    # the learner gains 3 entries a tick while the leader writes 2: each round takes 2/3 of the
+    # one before (Ongaro's convergence), but starting 300 entries behind, round 4 would still be
+    # longer than an election timeout: with 3 rounds allowed, the leader gives up
+    ld, net, promos = catch_up_while_writing(rate=3, rounds=3)
+    assert len(promos) == 1 and "still behind after 3 rounds" in (promos[0].error or ""), promos
+    assert ld.voters == (1, 2, 3) and ld.learners == (4,)
+    assert net[4].log.last_index() > 300  # it did make progress all along
+
+
+def test_a_learner_that_keeps_up_is_promoted_while_writes_go_on() -> None:
+    # the same, but the learner gains 6 entries a tick: rounds shrink fast below an election timeout
+    ld, net, promos = catch_up_while_writing(rate=6, rounds=10)
     assert len(promos) == 1 and promos[0].error is None
     net.tick(3)
     assert ld.voters == (1, 2, 3, 4)

@@ -109,3 +109,21 @@ def test_replace_a_dead_node_in_one_call(cluster_factory) -> None:
     assert cluster.status().loc[new, "applied_index"] > 0
     client.submit(put("after", 1))
     assert client.query(get("k19")) == 19 and client.query(get("after")) == 1
+
+
+def test_the_configuration_survives_restarts(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3)
+    client = cluster.client()
+    client.submit(put("a", 1))
+    new = cluster.add_node()
+    cluster.remove_node(1 if cluster.leader() != 1 else 2)
+    want = cluster.configuration()
+    # the joiner (started with no configuration) and an original node, restarted from their logs
+    for node in (new, want.voters[0]):
+        cluster.restart(node)
+        wait_until(lambda node=node: cluster.status().loc[node, "voters"] == want.voters, what=f"node {node}'s config")
+    cluster.crash(new)  # restarted by Ray, with the arguments it was created with
+    wait_until(lambda: cluster.status().loc[new, "role"] in ("follower", "leader"), what="the joiner back as a voter")
+    assert cluster.configuration() == want
+    client.submit(put("b", 2))
+    assert client.query(get("a")) == 1 and client.query(get("b")) == 2

@@ -158,3 +158,26 @@ def test_broken_protocol_is_caught() -> None:
         assert caught > 0
     finally:
         raft.RaftCore._leader_read = original
+
+
+def test_learners_counted_toward_commit_is_caught() -> None:
+    """A leader that counts learners in its commit quorum must be caught: with nodes joining
+    and leaving all along, it commits entries a later leader does not have."""
+    from raft_actors.core import raft
+
+    def counts_learners(self: raft.RaftCore) -> bool:
+        matches = sorted((pr.match for pr in self.progress.values()), reverse=True)
+        mci = matches[self.quorum - 1]
+        if mci > self.log.commit and self.log.term(mci) == self.term:
+            self.log.commit_to(mci)
+            return True
+        return False
+
+    original = raft.RaftCore._maybe_commit
+    raft.RaftCore._maybe_commit = counts_learners
+    try:
+        faults = Faults(reconfigure_every=60, partition_every=300, crash_every=500)
+        caught = next((seed for seed in range(60) if not simulate(seed, num_nodes=3, faults=faults).ok), None)
+        assert caught is not None, "60 seeds never caught learners counted toward commit"
+    finally:
+        raft.RaftCore._maybe_commit = original
