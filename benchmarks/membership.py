@@ -23,7 +23,7 @@ import ray
 from raft_actors import RaftConfig
 from raft_actors.state_machines import put
 
-from .common import environment, fresh_cluster, init_ray, save, show
+from .common import environment, fresh_cluster, init_ray, ray_baseline, save, show
 
 
 def _writers(cluster: Any, stop: threading.Event, acked: list[float], in_flight: int = 32) -> threading.Thread:
@@ -45,9 +45,13 @@ def _writers(cluster: Any, stop: threading.Event, acked: list[float], in_flight:
     return t
 
 
-def membership_timeline(preload: int = 50_000, runs: int = 1, value_bytes: int = 100) -> pd.DataFrame:
+def membership_timeline(preload: int = 50_000, runs: int = 1, value_bytes: int = 100,
+                        rtt_ms: float | None = None) -> pd.DataFrame:
     """Run the scenario ``runs`` times; one row per step of each run (seconds since the step's
-    call began), plus the writes acknowledged during each call and the longest pause in them."""
+    call began, and as Ray round trips measured in the same run), plus the writes acknowledged
+    during the calls and the longest pause between two of them. ``rtt_ms``: the Ray round trip,
+    measured here unless given."""
+    rtt_s = (rtt_ms or ray_baseline(samples=200, pipelined=500).rtt_ms) / 1000
     rows = []
     cfg = RaftConfig(snapshot_entries=max(1000, preload * 2 // 5), keep_entries=max(100, preload // 50))
     for run in range(runs):
@@ -71,23 +75,28 @@ def membership_timeline(preload: int = 50_000, runs: int = 1, value_bytes: int =
             writer.join(30)
             st = cl.status()
             for ev in cl.membership_log().to_dict("records"):
-                rows.append({"run": run, "node": ev["node"], "event": ev["event"], "seconds": ev["seconds"]})
-            rows.append({"run": run, "node": new_leader, "event": "new leader answers", "seconds": round(t_done - t_remove, 3)})
+                rows.append({"run": run, "node": ev["node"], "event": ev["event"], "seconds": ev["seconds"],
+                             "detail": ev["detail"]})
+            rows.append({"run": run, "node": new_leader, "event": "new leader answers", "seconds": round(t_done - t_remove, 3),
+                         "detail": ""})
             times = sorted(acked)
             during = [t for t in times if t_add <= t <= t_done]
             gaps = [b - a for a, b in itertools.pairwise(times) if t_add <= b <= t_done + 1.0]
             rows.append({"run": run, "node": new, "event": "writes acknowledged during the changes",
-                         "seconds": round(t_done - t_add, 3), "writes": len(during),
-                         "longest_pause_ms": round(1000 * max(gaps, default=0.0), 1),
-                         "snapshots_received": int(st.loc[new, "snapshots_received"])})
-    return pd.DataFrame(rows)
+                         "seconds": round(t_done - t_add, 3),
+                         "detail": f"{len(during)} writes, longest pause {1000 * max(gaps, default=0.0):.0f} ms; "
+                                   f"the learner received {int(st.loc[new, 'snapshots_received'])} snapshot(s)"})
+    df = pd.DataFrame(rows)
+    df["rtts"] = (df["seconds"] / rtt_s).round(1)
+    return df
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Medians over runs of each step's time."""
     out = []
     for event, g in df.groupby("event", sort=False):
-        out.append({"event": event, "runs": len(g), "median_s": statistics.median(g["seconds"])})
+        out.append({"event": event, "runs": len(g), "median_s": statistics.median(g["seconds"]),
+                    "median_rtts": statistics.median(g["rtts"])})
     return pd.DataFrame(out)
 
 

@@ -135,7 +135,7 @@ def run(full: bool = False, out: str | None = None, pysyncobj: bool = False, onl
 
         if "membership" in want:
             preload, runs = (50_000, 3) if full else (20_000, 1)
-            tables["membership"] = membership.membership_timeline(preload, runs)
+            tables["membership"] = membership.membership_timeline(preload, runs, rtt_ms=base.rtt_ms)
             show("membership under load: learner added, caught up by snapshot, promoted; leader removed "
                  "(seconds since each call began)", tables["membership"])
             save(out, "membership", tables["membership"], {"preload": preload, "runs": runs})

@@ -396,7 +396,7 @@ class RaftCluster:
             if promote:
                 self.promote(node_id, timeout=max(0.1, deadline - time.monotonic()), _t0=t0)
         except BaseException as exc:
-            self._event(f"aborted: {type(exc).__name__}: {exc}", node_id, t0)
+            self._event("aborted", node_id, t0, detail=f"{type(exc).__name__}: {exc}")
             self._abort_add(node_id)
             raise
         return node_id
@@ -410,8 +410,8 @@ class RaftCluster:
         t1 = time.monotonic()
         _, info = self._membership("promote", node_id, time.monotonic() + timeout, catch_up)
         if info.get("caught_up_s") is not None:
-            self._event(f"caught up ({info['rounds']} round(s) of catch-up)", node_id, t0,
-                        at=t1 + info["caught_up_s"] - t0)
+            self._event("caught up", node_id, t0, at=t1 + info["caught_up_s"] - t0,
+                        detail=f"{info['rounds']} round(s) of catch-up")
         self._event("promoted to voter", node_id, t0)
 
     def remove_node(self, node_id: int, timeout: float = 60.0) -> None:
@@ -421,6 +421,14 @@ class RaftCluster:
         t0 = time.monotonic()
         self._membership("remove", node_id, t0 + timeout)
         self._event("removed from the configuration", node_id, t0)
+        # a removed leader hands over with a last message (TimeoutNow): stop it only once a
+        # successor leads, or the message could die with it and cost an election timeout
+        with contextlib.suppress(RaftTimeoutError):
+            deadline = time.monotonic() + max(0.1, t0 + timeout - time.monotonic())
+            while self.leader(timeout=max(0.1, deadline - time.monotonic()), poll=0.005) == node_id:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.005)
         self._stop_node(node_id)
         self._event("stopped, data deleted", node_id, t0)
 
@@ -449,13 +457,13 @@ class RaftCluster:
     def membership_log(self) -> pd.DataFrame:
         """What :meth:`add_node`, :meth:`promote`, :meth:`remove_node` and
         :meth:`replace_node` did, one row per step: wall-clock time, node, event, and seconds
-        since the step's operation began."""
-        return pd.DataFrame(self._membership_events, columns=["time", "node", "event", "seconds"])
+        since the step's operation began, and details (rounds of catch-up, errors)."""
+        return pd.DataFrame(self._membership_events, columns=["time", "node", "event", "seconds", "detail"])
 
-    def _event(self, what: str, node_id: int, t0: float, at: float | None = None) -> None:
+    def _event(self, what: str, node_id: int, t0: float, at: float | None = None, detail: str = "") -> None:
         secs = time.monotonic() - t0 if at is None else at
         self._membership_events.append({"time": pd.Timestamp.now(tz="UTC"), "node": node_id, "event": what,
-                                        "seconds": round(secs, 3)})
+                                        "seconds": round(secs, 3), "detail": detail})
         log.info("node %s: %s (%.3fs)", node_id, what, secs)
 
     def _membership(self, kind: str, node_id: int, deadline: float, catch_up: bool = True) -> tuple[ConfState, dict]:
