@@ -50,7 +50,7 @@ def throughput(points: list[Point], base: Baseline, duration: float = 5.0, warmu
     rows = []
     for key in dict.fromkeys((p.nodes, p.storage) for p in points):
         group = [p for p in points if (p.nodes, p.storage) == key]
-        with fresh_cluster(*key) as cl:
+        with fresh_cluster(key[0], storage=key[1]) as cl:
             for p in progress(group, f"throughput, {key[0]} nodes"):
                 spec = LoadSpec(p.mix(), clients=p.clients, in_flight=p.in_flight, duration=duration, warmup=warmup)
                 s = summarize(run_load(cl, spec, generators=p.generators))
