@@ -779,8 +779,7 @@ class RaftCore:
             if self.lead_transferee not in conf.voters:
                 self.lead_transferee = NONE
             self._bcast_pending = True
-            if self._maybe_commit():  # a smaller quorum may commit more
-                return
+            self._maybe_commit()  # a smaller quorum may commit more
         elif self.role != Role.FOLLOWER and not self._promotable():
             self._become_follower(self.term, NONE)
 
