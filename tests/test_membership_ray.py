@@ -50,7 +50,8 @@ def test_add_learner_under_load_catch_up_by_snapshot_promote_then_remove_the_lea
         assert old not in cluster.node_ids
         assert cluster.leader() != old
         assert old not in cluster.configuration().voters
-        time.sleep(0.5)  # writes go on under the new leader
+        after_removal = len(acked)
+        wait_until(lambda: len(acked) > after_removal + 20, what="writes to go on under the new leader")
     finally:
         stop.set()
         writer.join(30)
