@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Sequence
 
-from raft_actors.config import RaftConfig
 from raft_actors.core import (
     NONE,
+    CoreConfig,
     Entry,
     HardState,
     Message,
@@ -26,10 +26,10 @@ from raft_actors.core import (
 ET = 10
 
 
-def config(**kw) -> RaftConfig:
+def config(**kw) -> CoreConfig:
     base = {"election_ticks": ET, "heartbeat_ticks": 1}
     base.update(kw)
-    return RaftConfig(**base)
+    return CoreConfig(**base)
 
 
 def ents(terms: Sequence[int], start: int = 1) -> list[Entry]:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from raft_actors.config import RaftConfig
-from raft_actors.core import Entry, HardState, Message, MsgType, RaftCore, Role
+from raft_actors.core import CoreConfig, Entry, HardState, Message, MsgType, RaftCore, Role
 from raft_actors.core.raft import LOST_STATE
 
 Pred = Callable[[Message], bool]
@@ -20,7 +19,7 @@ class Net:
     """A hand-driven network of cores with durable in-memory storage per node."""
 
     def __init__(self, n: int, **cfg: object) -> None:
-        self.cfg = RaftConfig(**cfg)  # type: ignore[arg-type]
+        self.cfg = CoreConfig(**cfg)  # type: ignore[arg-type]
         self.ids = list(range(1, n + 1))
         self.cores = {i: RaftCore(i, self.ids, self.cfg, random.Random(i)) for i in self.ids}
         self.disk: dict[int, tuple[HardState, list[Entry]]] = {i: (HardState(), []) for i in self.ids}
@@ -182,3 +181,52 @@ def test_lost_node_commits_only_what_it_verified_with_the_leader() -> None:
     while c[2].has_ready():
         replies += c[2].ready().messages
     assert [(m.type, m.context) for m in replies] == [(MsgType.HEARTBEAT_RESP, LOST_STATE)]
+
+
+# ---------------------------------------------------------------------------- the rule's one home
+
+
+def test_who_has_lost_state() -> None:
+    """The one decision: an empty disk means lost state for a node that ran before, or whose
+    cluster ran before; a node that holds anything (the mark of an earlier loss included)
+    recovers from it."""
+    from raft_actors.lost_state import has_lost_state
+
+    assert not has_lost_state(holds_state=False, ran_before=False)  # a new node of a new cluster
+    assert not has_lost_state(holds_state=False, ran_before=False, others_hold_state=False)
+    assert has_lost_state(holds_state=False, ran_before=True)  # restarted (by Ray or the driver), disk gone
+    assert has_lost_state(holds_state=False, ran_before=False, others_hold_state=True)  # relaunched over data
+    for ran_before in (False, True):
+        for others in (False, True):
+            assert not has_lost_state(holds_state=True, ran_before=ran_before, others_hold_state=others)
+
+
+def test_mark_lost_state_is_one_way_durable_and_steps_a_leader_down() -> None:
+    net = Net(3)
+    c = net.cores
+    net.elect(1)
+    assert not c[1].status().lost_state and c[1].status().is_leader
+    c[1].mark_lost_state()
+    st = c[1].status()
+    assert st.lost_state and not st.is_leader and c[1].hard_state.lost_state
+    rd = c[1].ready()
+    assert rd.hard_state is not None and rd.hard_state.lost_state  # the shell persists it
+    c[1].mark_lost_state()  # idempotent
+    assert not c[1].ready().hard_state
+    # restored from that hard state, it is still marked: the mark is never taken back
+    again = RaftCore(1, net.ids, net.cfg, random.Random(0), rd.hard_state)
+    assert again.lost_state and again.status().lost_state
+
+
+def test_a_replica_told_it_lost_its_state_persists_the_mark_before_anything_else() -> None:
+    from raft_actors.config import RaftConfig
+    from raft_actors.replica import Replica
+    from raft_actors.state_machines import KVStore
+    from raft_actors.storage import MemoryStorage
+
+    storage = MemoryStorage()
+    r = Replica(2, (1, 2, 3), RaftConfig(), storage, KVStore(), random.Random(0), lost_state=True)
+    assert storage.load().hard_state.lost_state  # durable at once, before any ready
+    assert r.status()["role"] == "non-voter"
+    again = Replica(2, (1, 2, 3), RaftConfig(), storage, KVStore(), random.Random(0))
+    assert again.status()["role"] == "non-voter"  # from the stored mark alone

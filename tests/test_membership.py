@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from raft_actors.config import RaftConfig
 from raft_actors.core import (
     ConfChange,
     ConfChangeError,
@@ -139,6 +140,13 @@ def test_promotion_reported_in_ready() -> None:
     add_learner(net, ld, 4)
     ld.request_promotion(4)
     rd = ld.ready()
+    assert not rd.promotions  # it must answer first (in this round): it may have lost its log since
+    (hb,) = rd.messages
+    assert hb.type == MsgType.HEARTBEAT and hb.to == 4
+    net[4].step(hb)
+    (resp,) = net[4].ready().messages
+    ld.step(resp)
+    rd = ld.ready()
     (p,) = rd.promotions
     assert p.node == 4 and p.error is None and ld.log.term(p.index) == p.term
     assert ld.log.entries[p.index - ld.log.offset - 1].kind == EntryKind.CONFIG
@@ -187,7 +195,7 @@ def catch_up_while_writing(rate: int, rounds: int) -> tuple[RaftCore, Net, list]
         ld.propose([f"w{t}".encode(), f"x{t}".encode()])
         for c in net.cores.values():
             c.tick()
-        net.deliver(lambda m: 4 not in (m.to, m.frm))
+        net.deliver(lambda m: 4 not in (m.to, m.frm) or m.type in (MsgType.HEARTBEAT, MsgType.HEARTBEAT_RESP))
         net.drop(lambda m: m.to == 4 and m.type != MsgType.APPEND)
         trickle(net, 4, rate)
     return ld, net, promos
@@ -319,7 +327,7 @@ def test_a_joiner_takes_no_snapshot_before_it_knows_the_configuration() -> None:
     from raft_actors.state_machines import KVStore
     from raft_actors.storage import MemoryStorage
 
-    r = Replica(4, (), config(), MemoryStorage(), KVStore(), random.Random(4))
+    r = Replica(4, (), RaftConfig(), MemoryStorage(), KVStore(), random.Random(4))
     noop = [e._replace(command=None, kind=EntryKind.NOOP) for e in ents([1, 1, 1])]
     r.step(Message(MsgType.APPEND, 4, 1, 1, 0, 0, noop, commit=3))
     r.process_ready()
@@ -332,3 +340,117 @@ def test_a_joiner_takes_no_snapshot_before_it_knows_the_configuration() -> None:
     r.process_ready()
     meta, _ = r.prepare_snapshot()
     assert (meta.index, meta.voters, meta.learners) == (4, (1, 2, 3), (4,))
+
+
+# ---------------------------------------------------------------------------- a leader removing itself
+
+
+def lose_state(net: Net, nid: int) -> None:
+    """Node ``nid`` comes back with an empty disk: a non-voter from now on."""
+    net.replace(RaftCore(nid, tuple(net.cores), config(), random.Random(50 + nid), lost_state=True))
+
+
+def test_a_leader_whose_removal_never_left_it_campaigns_again_and_finishes_it() -> None:
+    """Four voters, one lost its disk. The leader appends its own removal and is cut off before
+    the entry reaches anyone; the partition heals. Its log is the longest, so no other node can
+    win without its vote, and its newest configuration leaves it out: it must still campaign
+    (its removal is not committed) under the new configuration, commit it and hand over."""
+    net, ld = settled(n=4)
+    old = ld.id
+    lost = next(i for i in net.cores if i != old)
+    lose_state(net, lost)
+    net.tick(2)  # the leader hears that node `lost` lost its state
+    assert ld.progress[lost].lost
+    net.isolate(old)
+    idx, _ = ld.propose_conf_change(ConfChange(REMOVE, old))
+    net.tick(3 * ET)  # check-quorum: the cut-off leader steps down
+    assert not ld.is_leader() and ld.log.last_index() == idx and ld.log.commit < idx
+    net.heal()
+    net.tick(20 * ET)
+    new = net.leader()
+    assert new is not None and new.id != old, "no leader after healing the partition"
+    assert new.voters == tuple(sorted(set(net.cores) - {old})) and new.log.commit >= idx
+    first, _ = new.propose([b"after"])
+    net.tick(2)
+    assert new.log.commit >= first
+    assert net[old].role == Role.FOLLOWER  # its removal committed: it never campaigns again
+    net.tick(10 * ET)
+    assert net[old].role == Role.FOLLOWER and net.leader() is new
+
+
+def test_a_change_that_leaves_no_healthy_quorum_is_refused() -> None:
+    """etcd's strict reconfiguration check: with node 3 down (or without its disk), removing
+    node 2 (the leader or a follower) would leave voters {1, 3} with one healthy member, a
+    configuration that can never commit again. The leader refuses it; removing the dead node
+    itself is fine."""
+    for fault in ("down", "lost"):
+        net, ld = settled()
+        dead = next(i for i in net.cores if i != ld.id)
+        other = next(i for i in net.cores if i not in (ld.id, dead))
+        if fault == "down":
+            net.down.add(dead)
+        else:
+            lose_state(net, dead)
+        net.tick(2 * ET)
+        for victim in (ld.id, other):
+            with pytest.raises(ConfChangeError, match="healthy"):
+                ld.propose_conf_change(ConfChange(REMOVE, victim))
+        assert ld.conf_index == 0
+        idx, _ = ld.propose_conf_change(ConfChange(REMOVE, dead))
+        net.tick(2)
+        assert ld.voters == tuple(sorted((ld.id, other))) and ld.log.commit >= idx
+
+
+def test_a_removal_cut_short_by_a_crash_finishes_when_the_crashed_voter_returns() -> None:
+    """Three voters: the leader appends its own removal while all are healthy, is cut off
+    before the entry reaches anyone, and another voter goes down. The leader's newest
+    configuration needs both other voters and only one is up, so nothing can happen until the
+    crashed voter is back; then a leader is elected again and writes commit."""
+    net, ld = settled()
+    old = ld.id
+    b = next(i for i in net.cores if i != old)
+    net.isolate(old)
+    ld.propose_conf_change(ConfChange(REMOVE, old))
+    net.down.add(b)
+    net.tick(3 * ET)
+    assert not ld.is_leader()
+    net.heal()
+    net.tick(5 * ET)
+    net.down.discard(b)
+    net.tick(20 * ET)
+    new = net.leader()
+    assert new is not None
+    first, _ = new.propose([b"after"])
+    net.tick(2)
+    assert new.log.commit >= first
+
+
+def test_a_learner_that_lost_its_state_is_not_promoted_on_its_old_progress() -> None:
+    """The learner caught up, then came back with an empty disk before anybody asked for its
+    promotion. The leader still has its old match index; promotion needs an answer from the
+    learner as it is now, and that answer says it lost its state."""
+    net, ld = settled()
+    add_learner(net, ld, 4)
+    assert ld.progress[4].match == ld.log.last_index()
+    net.replace(RaftCore(4, (), config(), random.Random(9), lost_state=True))
+    ld.request_promotion(4)
+    net.tick(3)
+    assert ld.voters == (1, 2, 3) and ld.learners == (4,)
+    (p,) = net.promotions[ld.id]
+    assert p.error is not None and "lost its state" in p.error
+
+
+def test_promotion_waits_for_an_answer_from_the_learner_in_the_current_round() -> None:
+    """Even with its match index at the target, a learner is promoted only once it has answered
+    a message the leader sent in the current catch-up round."""
+    net, ld = settled()
+    add_learner(net, ld, 4)
+    net.isolate(4)
+    ld.request_promotion(4)
+    net.tick(2)
+    assert ld.learners == (4,) and not net.promotions[ld.id]
+    net.heal()
+    net.tick(2)
+    assert ld.voters == (1, 2, 3, 4)
+    (p,) = net.promotions[ld.id]
+    assert p.error is None

@@ -19,7 +19,7 @@ class Progress:
     in ``SNAPSHOT`` it waits until the snapshot ``pending_snapshot`` has been delivered (or failed).
     """
 
-    __slots__ = ("inflight", "lost", "match", "max_inflight", "next", "pending_snapshot", "probe_sent",
+    __slots__ = ("heard_at", "inflight", "lost", "match", "max_inflight", "next", "pending_snapshot", "probe_sent",
                  "recent_active", "state")
 
     def __init__(self, next_index: int, max_inflight: int):
@@ -30,6 +30,7 @@ class Progress:
         self.inflight: list[int] = []  # last index of each unacknowledged append, ascending
         self.max_inflight = max_inflight
         self.recent_active = False
+        self.heard_at: int | None = None  # the leader's tick count when the follower last answered
         self.lost = False  # the follower lost its storage once: never counted in a quorum
         self.pending_snapshot = 0
 

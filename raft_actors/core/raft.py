@@ -12,9 +12,8 @@ import random
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
-from ..config import RaftConfig
 from .log import RaftLog
 from .membership import (
     ConfChange,
@@ -26,6 +25,7 @@ from .membership import (
 )
 from .messages import NONE, Entry, EntryKind, HardState, Message, MsgType, Promotion, ReadState, Ready, SnapshotMeta
 from .progress import Progress, ProgressState
+from .settings import CoreConfig
 
 #: ``Message.context`` of a vote request sent because of a leadership transfer.
 TRANSFER = "transfer"
@@ -61,16 +61,30 @@ class ConfChangePending(ConfChangeError):
     entry of its own term): try again shortly."""
 
 
+#: ``Message.context`` tag of a heartbeat that asks a learner in catch-up to answer
+CATCH_UP = "catch-up"
+
+
 class _CatchUp:
     """A learner catching up before its promotion: the current round replicates everything up to
-    ``target``, which the leader had when the round ``started`` (in leader ticks)."""
+    ``target``, which the leader had when the round ``started`` (in leader ticks).
 
-    __slots__ = ("round", "started", "target")
+    ``token`` is the context of this round's heartbeats to the learner; ``confirmed`` says the
+    learner echoed it without saying it lost its state, so it holds its log *now* (its match
+    index may predate a restart with an empty disk). A round succeeds only once confirmed.
+    """
 
-    def __init__(self, target: int, started: int):
+    __slots__ = ("confirmed", "round", "started", "target", "token")
+
+    def __init__(self, target: int, started: int, token: tuple[str, int]):
         self.round = 1
         self.target = target
         self.started = started
+        self.token = token
+        self.confirmed = False
+
+    def next_round(self, target: int, started: int, token: tuple[str, int]) -> None:
+        self.target, self.started, self.token, self.confirmed = target, started, token, False
 
 
 class _ReadRound:
@@ -84,6 +98,34 @@ class _ReadRound:
         self.requests: list[tuple[int, Any]] = []
 
 
+class CoreStatus(NamedTuple):
+    """What a shell may read of a :class:`RaftCore` (see :meth:`RaftCore.status`)."""
+
+    id: int
+    role: Role
+    term: int
+    vote: int
+    leader: int  #: the leader this node knows of (itself when leading; 0: none)
+    commit: int
+    applied: int  #: last index handed out for applying
+    last_index: int
+    snapshot_index: int
+    log_entries: int  #: entries held in memory
+    conf: ConfState  #: the newest configuration in the log (in effect, committed or not)
+    conf_index: int  #: the index of the entry that made ``conf`` (the snapshot's if none)
+    committed_conf: ConfState  #: the configuration as of the commit index
+    lost_state: bool
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role == Role.LEADER
+
+    @property
+    def conf_committed(self) -> bool:
+        """Whether ``conf`` is committed (``conf_index <= commit``)."""
+        return self.conf_index <= self.commit
+
+
 class RaftCore:
     """One Raft node's protocol state.
 
@@ -92,16 +134,14 @@ class RaftCore:
         voters: the cluster's initial voters (the configuration before any change in the log or
             snapshot); empty for a node that joins a running cluster: it learns the
             configuration from the leader (membership changes travel in the log).
-        config: timing and flow-control settings (only the tick-based ones are used here).
+        config: timing and flow-control settings, in ticks (a ``RaftConfig`` is one).
         rng: the source of randomized election timeouts (seed it for a replayable run).
         hard_state: term, vote and commit restored from storage.
         entries: the log restored from storage: the entries after ``snapshot`` (from index 1
             without one).
-        lost_state: this node had state before and lost it (its storage died). It may have
-            forgotten a vote or an entry it acknowledged, so from now on it never votes, never
-            campaigns and is never counted in a quorum (commit, check-quorum, ReadIndex): it only
-            follows the log, as a non-voting replica, until a membership change re-adds it.
-            The mark is persisted in the hard state (``hard_state.lost_state`` also sets it).
+        lost_state: this node had state before and lost it (its storage died): the same as
+            calling :meth:`mark_lost_state` at once. A mark persisted earlier comes back in
+            ``hard_state.lost_state``.
         snapshot: the latest snapshot restored from storage (its state is already in the
             shell's state machine): the log continues after it.
     """
@@ -110,7 +150,7 @@ class RaftCore:
         self,
         node_id: int,
         voters: Iterable[int],
-        config: RaftConfig,
+        config: CoreConfig,
         rng: random.Random,
         hard_state: HardState = _NO_STATE,
         entries: Sequence[Entry] = (),
@@ -155,25 +195,46 @@ class RaftCore:
         self._bcast_pending = False
         self._soft_changed = True
         self._persisted_hs = hard_state
-        self.lost_state = lost_state or hard_state.lost_state
+        self._lost_state = hard_state.lost_state
         self._verified = 0  # last index known to match the current leader's log (this term)
         self._reset_randomized_timeout()
         self._scan_confs(self.log.offset + 1)
+        if lost_state:
+            self.mark_lost_state()
 
     # ------------------------------------------------------------------ queries
+    @property
+    def lost_state(self) -> bool:
+        """This node lost its storage once (see :meth:`mark_lost_state`): a non-voter for good."""
+        return self._lost_state
+
+    def status(self) -> CoreStatus:
+        """A read-only view of this node's protocol state, for the shells."""
+        log = self.log
+        committed = self.conf_at(log.commit)
+        return CoreStatus(self.id, self.role, self.term, self.vote, self.lead, log.commit, log.applied,
+                          log.last_index(), self.snapshot.index, len(log.entries), self.conf, self.conf_index,
+                          committed, self._lost_state)
+
     @property
     def quorum(self) -> int:
         return len(self.voters) // 2 + 1
 
     @property
     def hard_state(self) -> HardState:
-        return HardState(self.term, self.vote, self.log.commit, self.lost_state)
+        return HardState(self.term, self.vote, self.log.commit, self._lost_state)
 
     def is_leader(self) -> bool:
         return self.role == Role.LEADER
 
     def _promotable(self) -> bool:
-        return self.id in self.voters and not self.lost_state
+        """Whether this node may campaign: it is a voter of its newest configuration, or it
+        still is one of the configuration as of its commit index, that is, the entry removing
+        it is not known to be committed (Raft dissertation §4.2.2: it may be needed to commit
+        its own removal, see :meth:`_campaign`). Never after losing its state."""
+        if self._lost_state:
+            return False
+        return self.id in self.voters or self.id in self.conf_at(self.log.commit).voters
 
     def conf_at(self, index: int) -> ConfState:
         """The configuration as of log index ``index`` (at least the snapshot's)."""
@@ -241,9 +302,26 @@ class RaftCore:
         conf = self.conf.apply(change)
         if change.type == ConfChangeType.PROMOTE and self.progress[change.node].lost:
             raise ConfChangeError(f"node {change.node} lost its state: remove it and add a new node instead")
+        if conf.voters != self.voters:
+            healthy = [v for v in conf.voters if self._healthy(v)]
+            if len(healthy) < len(conf.voters) // 2 + 1:
+                raise ConfChangeError(
+                    f"{change.type.name.lower()} of node {change.node} would leave voters {conf.voters}, of which only "
+                    f"{tuple(healthy)} are healthy (answered within an election timeout, state not lost): a quorum "
+                    f"needs {len(conf.voters) // 2 + 1}. Bring the others back, or remove or replace them first"
+                )
         index, term = self.log.last_index() + 1, self.term
         self._append_own([Entry(term, index, encode_conf_entry(change, conf), EntryKind.CONFIG)])
         return index, term
+
+    def _healthy(self, node: int) -> bool:
+        """On the leader: ``node`` is the leader itself, or answered within the last election
+        timeout and has not lost its state (etcd's strict reconfiguration check counts these)."""
+        if node == self.id:
+            return True
+        pr = self.progress.get(node)
+        return (pr is not None and not pr.lost and pr.heard_at is not None
+                and self._leader_ticks - pr.heard_at <= self.cfg.election_ticks)
 
     def request_promotion(self, node: int) -> None:
         """Promote learner ``node`` to voter once it has caught up (Raft dissertation §4.2.1).
@@ -262,7 +340,8 @@ class RaftCore:
         if self.progress[node].lost:
             raise ConfChangeError(f"node {node} lost its state: remove it and add a new node instead")
         if node not in self._catchups:
-            self._catchups[node] = _CatchUp(self.log.last_index(), self._leader_ticks)
+            self._catchups[node] = _CatchUp(self.log.last_index(), self._leader_ticks, self._catchup_token())
+            self._ask_learner(node)
         self._check_catchup(node)
 
     def read_index(self, context: Any) -> None:
@@ -279,6 +358,19 @@ class RaftCore:
             self._send(Message(MsgType.READ_INDEX, self.lead, self.id, self.term, context=context))
         else:
             self._dropped_reads.append(context)
+
+    def mark_lost_state(self) -> None:
+        """This node had state and lost it (its storage died or was wiped): it may have forgotten
+        votes it cast and entries it acknowledged, so from now on it never votes, never
+        campaigns and never counts in a quorum; it follows the log as a non-voting replica. The
+        mark is part of the hard state: the next :meth:`ready` asks the shell to persist it,
+        and it can never be taken back (a membership change replaces such a node)."""
+        if self._lost_state:
+            return
+        self._lost_state = True
+        self._soft_changed = True
+        if self.role != Role.FOLLOWER:
+            self._become_follower(self.term, NONE)
 
     def transfer_leader(self, to: int) -> None:
         """Hand leadership to voter ``to`` once its log is caught up (Raft dissertation §3.10)."""
@@ -454,7 +546,8 @@ class RaftCore:
         self.role = Role.LEADER
         self.lead = self.id
         last = self.log.last_index()
-        for v in self.conf.members:
+        # a leader elected while its own removal is pending is not a member: it tracks itself too
+        for v in {*self.conf.members, self.id}:
             self.progress[v] = Progress(last + 1, self.cfg.max_inflight)
         me = self.progress[self.id]
         me.match = last
@@ -484,6 +577,8 @@ class RaftCore:
         else:
             self._become_candidate()
             vote_term, kind = self.term, MsgType.VOTE
+        # a candidate whose own removal is pending campaigns under its newest configuration,
+        # which leaves it out: its own vote is not counted there (dissertation §4.2.2)
         self.votes[self.id] = True
         if self._tally()[0] >= self.quorum:
             self._won(pre)
@@ -494,8 +589,10 @@ class RaftCore:
                 self._send(Message(kind, v, self.id, vote_term, self.log.last_term(), self.log.last_index(), context=ctx))
 
     def _tally(self) -> tuple[int, int]:
+        """Votes granted and refused by voters of the current configuration."""
         granted = sum(1 for v, ok in self.votes.items() if ok and v in self.voters)
-        return granted, len(self.votes) - granted
+        refused = sum(1 for v, ok in self.votes.items() if not ok and v in self.voters)
+        return granted, refused
 
     def _won(self, pre: bool) -> None:
         if pre:
@@ -513,7 +610,7 @@ class RaftCore:
         )
         # the candidate may know a newer configuration than ours: its membership is not checked
         # here (as in etcd); its own configuration decides what a quorum is
-        if can_vote and not self.lost_state and self.log.is_up_to_date(m.index, m.log_term):
+        if can_vote and not self._lost_state and self.log.is_up_to_date(m.index, m.log_term):
             # a granted vote answers in the term asked about (for a pre-vote, a future term)
             self._send(Message(resp, m.frm, self.id, m.term))
             if not pre:
@@ -551,7 +648,7 @@ class RaftCore:
         elif t == MsgType.HEARTBEAT:
             self.election_elapsed = 0
             self.lead = m.frm
-            if self.lost_state:
+            if self._lost_state:
                 # the leader may not know yet that we lost our log: trust only what we verified
                 self.log.commit_to(min(m.commit, self._verified))
                 self._send(Message(MsgType.HEARTBEAT_RESP, m.frm, self.id, self.term, context=LOST_STATE))
@@ -648,6 +745,7 @@ class RaftCore:
                 return  # sent before it lost its state: void
         else:
             pr.recent_active = True
+            pr.heard_at = self._leader_ticks
         if t == MsgType.APPEND_RESP:
             if m.reject:
                 if pr.lost and m.index <= pr.match:
@@ -682,6 +780,12 @@ class RaftCore:
                 self._send(Message(MsgType.TIMEOUT_NOW, m.frm, self.id, self.term))
         elif t == MsgType.HEARTBEAT_RESP:
             pr.probe_sent = False
+            cu = self._catchups.get(m.frm)
+            if cu is not None and not pr.lost and m.context == cu.token:
+                cu.confirmed = True
+                self._check_catchup(m.frm)
+                if self.role != Role.LEADER:
+                    return
             if pr.state == ProgressState.REPLICATE and pr.is_paused():
                 # a lost append must not stall the pipeline for good: free a slot, so the next
                 # append goes out and, if there is a gap, is rejected and we probe
@@ -718,10 +822,15 @@ class RaftCore:
                 self._send_append(v)
 
     def _bcast_heartbeat(self, context: Any) -> None:
-        for v, pr in self.progress.items():
+        for v in self.progress:
             if v != self.id:
-                commit = min(pr.match, self.log.commit)
-                self._send(Message(MsgType.HEARTBEAT, v, self.id, self.term, commit=commit, context=context))
+                # a learner in catch-up does not count in read rounds: it gets its round's token
+                cu = self._catchups.get(v)
+                self._heartbeat(v, context if cu is None else cu.token)
+
+    def _heartbeat(self, to: int, context: Any) -> None:
+        commit = min(self.progress[to].match, self.log.commit)
+        self._send(Message(MsgType.HEARTBEAT, to, self.id, self.term, commit=commit, context=context))
 
     def _maybe_commit(self) -> bool:
         # a node that lost its state counts as holding nothing: it may forget again
@@ -789,7 +898,7 @@ class RaftCore:
         elapsed = self._leader_ticks - cu.started
         if pr.lost:
             self._end_catchup(node, f"node {node} lost its state during its catch-up")
-        elif pr.match >= cu.target:
+        elif pr.match >= cu.target and cu.confirmed:
             if elapsed <= self.cfg.election_ticks:
                 del self._catchups[node]
                 try:
@@ -798,8 +907,11 @@ class RaftCore:
                     self._promotions.append(Promotion(node, error="the leader is handing over leadership"))
                     return
                 except ConfChangePending:  # the previous change commits shortly: a round more
-                    cu.target, cu.started = self.log.last_index(), self._leader_ticks
                     self._catchups[node] = cu
+                    self._next_catchup_round(node)
+                    return
+                except ConfChangeError as exc:  # e.g. too few healthy voters for the new quorum
+                    self._promotions.append(Promotion(node, error=str(exc)))
                     return
                 self._promotions.append(Promotion(node, index, term, rounds=cu.round))
                 return
@@ -807,10 +919,22 @@ class RaftCore:
             if cu.round > self.cfg.catchup_rounds:
                 self._end_catchup(node, f"node {node} was still behind after {self.cfg.catchup_rounds} rounds")
             else:
-                cu.target, cu.started = self.log.last_index(), self._leader_ticks
+                self._next_catchup_round(node)
         elif elapsed > self.cfg.catchup_round_ticks:
             self._end_catchup(node, f"round {cu.round} of node {node}'s catch-up took more than "
                                     f"{self.cfg.catchup_round_ticks} ticks (it is down or too slow)")
+
+    def _catchup_token(self) -> tuple[str, int]:
+        self._next_round += 1
+        return (CATCH_UP, self._next_round)
+
+    def _next_catchup_round(self, node: int) -> None:
+        self._catchups[node].next_round(self.log.last_index(), self._leader_ticks, self._catchup_token())
+        self._ask_learner(node)
+
+    def _ask_learner(self, node: int) -> None:
+        """A heartbeat with the learner's round token: its answer confirms it holds its log now."""
+        self._heartbeat(node, self._catchups[node].token)
 
     def _end_catchup(self, node: int, error: str) -> None:
         del self._catchups[node]
@@ -866,7 +990,7 @@ class RaftCore:
 
     # ------------------------------------------------------------------ plumbing
     def _mark(self) -> str | None:
-        return LOST_STATE if self.lost_state else None
+        return LOST_STATE if self._lost_state else None
 
     def _send(self, m: Message) -> None:
         self._msgs.append(m)
