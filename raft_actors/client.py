@@ -434,6 +434,10 @@ class RaftClient:
         try:
             return future.result(timeout=self._config.request_timeout * 10 + 60)
         except FutureTimeoutError:
+            # the call's own deadline errors (RaftTimeoutError, UnknownOutcomeError) are
+            # TimeoutErrors too: only a future that never finished means the loop is stuck
+            if future.done():
+                raise
             raise RaftTimeoutError("the client's event loop did not answer") from None
 
     def close(self) -> None:

@@ -157,8 +157,7 @@ class RaftCluster:
             # wiped, or it landed elsewhere) has lost its state: it must not vote
             had = cluster._call_all(lambda i, h: h.has_state.remote())
             existing = any(had.values())
-            starts = {i: h.start.remote(existing and not had.get(i, False)) for i, h in cluster._nodes.items()
-                      if i not in cluster._dead}
+            starts = {i: h.start.remote(existing) for i, h in cluster._nodes.items() if i not in cluster._dead}
             for i, ref in starts.items():
                 try:
                     ray.get(ref, timeout=_STATUS_TIMEOUT * 30)
@@ -355,13 +354,16 @@ class RaftCluster:
                 raise RaftTimeoutError(f"no leader within {timeout}s")
             time.sleep(self.config.tick_interval if poll is None else poll)
 
-    def configuration(self, timeout: float = 10.0) -> ConfState:
+    def configuration(self, timeout: float = 10.0, committed: bool = True) -> ConfState:
         """The cluster's configuration (voters, learners, highest id ever used), as the leader
-        has it."""
+        has it: the committed one, or with ``committed=False`` the newest in its log (a change
+        takes effect as soon as it is in the log, and is done once it is committed)."""
         leader = self.leader(timeout=timeout)
         st = self._statuses()[leader]
         if st is None:
             raise ClusterUnavailableError(f"leader {leader} did not answer")
+        if committed:
+            return ConfState(tuple(st["committed_voters"]), tuple(st["committed_learners"]), int(st["committed_max_id"]))
         return ConfState(tuple(st["voters"]), tuple(st["learners"]), int(st["max_id"]))
 
     # ------------------------------------------------------------------ membership
@@ -380,7 +382,7 @@ class RaftCluster:
         """
         self._check_open()
         deadline = time.monotonic() + timeout
-        conf = self.configuration(timeout=timeout)
+        conf = self.configuration(timeout=timeout, committed=False)  # ids of pending changes are taken too
         node_id = max(conf.max_id, *self._nodes, 0) + 1
         taken = [s for i, s in self._slots.items() if i not in self._dead and s is not None]
         self._slots[node_id] = choose_slots(1, taken, self.placement)[0]
@@ -392,6 +394,7 @@ class RaftCluster:
             self._connect_all()
             self._event("actor started", node_id, t0)
             self._membership("add_learner", node_id, deadline)
+            self._wait_knows(node_id, "learner", deadline)
             self._event("learner added", node_id, t0)
             if promote:
                 self.promote(node_id, timeout=max(0.1, deadline - time.monotonic()), _t0=t0)
@@ -408,10 +411,12 @@ class RaftCluster:
         self._check(node_id)
         t0 = time.monotonic() if _t0 is None else _t0
         t1 = time.monotonic()
-        _, info = self._membership("promote", node_id, time.monotonic() + timeout, catch_up)
+        deadline = time.monotonic() + timeout
+        _, info = self._membership("promote", node_id, deadline, catch_up)
         if info.get("caught_up_s") is not None:
             self._event("caught up", node_id, t0, at=t1 + info["caught_up_s"] - t0,
                         detail=f"{info['rounds']} round(s) of catch-up")
+        self._wait_knows(node_id, "voter", deadline)
         self._event("promoted to voter", node_id, t0)
 
     def remove_node(self, node_id: int, timeout: float = 60.0) -> None:
@@ -470,7 +475,7 @@ class RaftCluster:
         """Make one change through whoever leads, retrying across leader changes until it is
         committed; a change that turns out to be in place already counts as done."""
 
-        def in_place(conf: ConfState) -> bool:
+        def in_place(conf: ConfState) -> bool:  # conf: committed (a change in the log may be undone)
             return {"add_learner": node_id in conf.members, "promote": node_id in conf.voters,
                     "remove": node_id not in conf.members}[kind]
 
@@ -497,6 +502,18 @@ class RaftCluster:
                         return conf, {}
             time.sleep(self.config.tick_interval * 3)
 
+    def _wait_knows(self, node_id: int, role: str, deadline: float) -> None:
+        """Wait until node ``node_id`` itself has the committed change that made it a ``role``
+        (``"learner"`` or ``"voter"``): it learns it from the leader within a heartbeat or so."""
+        key = {"learner": "committed_learners", "voter": "committed_voters"}[role]
+        while True:
+            st = self._statuses().get(node_id)
+            if st is not None and node_id in (st.get(key) or ()):
+                return
+            if time.monotonic() >= deadline:
+                raise RaftTimeoutError(f"node {node_id} did not learn in time that it is a {role}")
+            time.sleep(self.config.tick_interval / 3)
+
     def _wait_alive(self, node_id: int, deadline: float) -> None:
         while True:
             try:
@@ -513,7 +530,7 @@ class RaftCluster:
         """Undo a node addition that did not complete: out of the configuration, actor stopped,
         data deleted."""
         with contextlib.suppress(Exception):
-            conf = self.configuration(timeout=10)
+            conf = self.configuration(timeout=10, committed=False)  # an addition still in the log too
             if node_id in conf.learners:
                 self._membership("remove", node_id, time.monotonic() + 30)
         if node_id in self._nodes:

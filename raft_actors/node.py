@@ -23,6 +23,7 @@ from .core import ConfChange, ConfChangeType, HardState, Message, MsgType, NotLe
 from .core.messages import SnapshotMeta
 from .envelope import Outcome, dumps, encode_outcomes, loads
 from .errors import CommandRejectedError, NotLeaderError
+from .lost_state import has_lost_state
 from .replica import Replica
 from .storage import FileStorage, MemoryStorage
 from .storage.metered import MeteredStorage
@@ -39,8 +40,9 @@ class RaftNode:
         voters: every voting member's id.
         config: protocol and timing settings.
         state_machine: cloudpickled zero-argument factory of the state machine (usually a class).
-        lost_state: this node had state before and lost it; it rejoins as a non-voter (see
-            ``RaftCore``).
+        others_hold_state: other nodes of the cluster hold state (see
+            :func:`~raft_actors.lost_state.has_lost_state`, which decides whether this node
+            lost its state and so rejoins as a non-voter).
         cluster_name: peers are named actors ``node_actor_name(cluster_name, id)``; a node
             finds them by name when it has no handle (after a restart).
         data_dir: the node's directory for its write-ahead log and snapshots
@@ -49,10 +51,9 @@ class RaftNode:
         restarted: this node ran before (the driver restarts it). A node that ran before, or
             that Ray restarted, and finds no state at all has lost it: it rejoins as a non-voter.
             With in-memory storage that is every restart.
-        wait_for_start: do not run until :meth:`start` says whether the node lost its state
-            (at launch the driver first asks every node :meth:`has_state`: a node that finds
-            nothing in a cluster whose other nodes have state lost it). A node Ray restarts
-            runs at once.
+        wait_for_start: do not run until :meth:`start` says whether other nodes hold state (at
+            launch the driver first asks every node :meth:`has_state`). A node Ray restarts runs
+            at once.
         namespace: the Ray namespace of the cluster's named actors.
         slot: the machine this node is pinned to (see :mod:`raft_actors.placement`), if any.
         actor_options: the ``ray.remote`` options the cluster's node actors are made with
@@ -60,7 +61,7 @@ class RaftNode:
     """
 
     def __init__(self, node_id: int, voters: list[int], config: RaftConfig, state_machine: bytes,
-                 lost_state: bool = False, cluster_name: str = "", data_dir: str | None = None,
+                 others_hold_state: bool = False, cluster_name: str = "", data_dir: str | None = None,
                  restarted: bool = False, wait_for_start: bool = False, namespace: str | None = None,
                  slot: str | None = None, actor_options: dict[str, Any] | None = None):
         with warnings.catch_warnings():  # Ray's property trips its own deprecation warning
@@ -77,6 +78,7 @@ class RaftNode:
         self._state_machine = state_machine
         # whether this node stored anything here before (checked without creating anything)
         self._had_state = data_dir is not None and FileStorage.holds_state(data_dir)
+        self._ran_before = reconstructed or restarted
         self._snapshotting: asyncio.Task | None = None
         self.snapshot_timing: dict[str, float] = {}
         self._snapshots_in: dict[int, tuple[int, SnapshotMeta, bytearray]] = {}  # sender -> (term, meta, data so far)
@@ -90,11 +92,13 @@ class RaftNode:
             on_snapshot_done=self._on_snapshot_done, chunk_bytes=config.snapshot_chunk_bytes,
         )
         if reconstructed or not wait_for_start:
-            self._start(lost_state or ((reconstructed or restarted) and not self._had_state))
+            self._start(others_hold_state)
 
-    def _start(self, lost_state: bool) -> None:
+    def _start(self, others_hold_state: bool) -> None:
         """Open the storage (replaying it) and run. A node that lost its state is marked so in
         its storage before anything else is written there."""
+        lost_state = has_lost_state(holds_state=self._had_state, ran_before=self._ran_before,
+                                    others_hold_state=others_hold_state)
         mark = HardState(lost_state=True) if lost_state else None
         self.storage = MeteredStorage(
             FileStorage(self.data_dir, segment_bytes=self.config.wal_segment_bytes, initial_hard_state=mark)
@@ -120,11 +124,11 @@ class RaftNode:
         """Whether this node stored anything in its data directory before this start."""
         return self._had_state
 
-    async def start(self, lost_state: bool) -> None:
-        """Start a node created with ``wait_for_start``; ``lost_state``: it lost its state and
-        joins as a non-voter."""
+    async def start(self, others_hold_state: bool) -> None:
+        """Start a node created with ``wait_for_start``; ``others_hold_state``: other nodes of
+        the cluster hold state (so this one, if it holds none, lost it)."""
         if not self._tasks:
-            self._start(lost_state)
+            self._start(others_hold_state)
 
     def _lookup_peer(self, peer: int) -> Any:
         try:
@@ -434,7 +438,7 @@ class RaftNode:
         for t in self._tasks:
             t.cancel()
         if started:
-            self.replica.fail_all(NotLeaderError(0, "the node is shutting down"))
+            self.replica.fail_all("the node is shutting down")
             self.replica.storage.close()
         if self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -85,18 +85,19 @@ class Replica:
         observer: Callable[[Replica, Ready], None] | None = None,
     ):
         rec = storage.load()
+        self._id = node_id
         self.config = config
         self.storage = storage
         self.applier = Applier(state_machine, config.max_sessions)
         if rec.snapshot is not None and rec.snapshot_data is not None:
             self.applier.restore(rec.snapshot_data, rec.snapshot.index)
-        self.core = RaftCore(node_id, voters, config, rng, rec.hard_state, rec.entries, lost_state, rec.snapshot)
-        if self.core.lost_state and not rec.hard_state.lost_state:
+        self.core = RaftCore(node_id, voters, config, rng, rec.hard_state, rec.entries, snapshot=rec.snapshot)
+        hs = rec.hard_state
+        self._synced_vote = (hs.term, hs.vote, hs.lost_state)
+        if lost_state:
             self.mark_lost_state()
         self.observer = observer
-        hs = self.core.hard_state
-        self._synced_vote = (hs.term, hs.vote, hs.lost_state)
-        self._snap_index = self.core.snapshot.index  # entries applied since then count toward the next
+        self._snap_index = self.core.status().snapshot_index  # entries applied since then count toward the next
         self._bytes_since_snap = 0
         self._snap_failed_at = -1  # applied index of a failed snapshot attempt (not retried at once)
         self._incoming: dict[SnapshotMeta, bytes] = {}  # snapshots received, until the core takes one
@@ -115,16 +116,18 @@ class Replica:
 
     @property
     def id(self) -> int:
-        return self.core.id
+        return self._id
 
     def mark_lost_state(self) -> None:
-        """This node lost its state: from now on a non-voter (see ``RaftCore``). The mark is
-        made durable at once, before the node does anything else."""
-        self.core.lost_state = True
+        """This node lost its state: from now on a non-voter (``RaftCore.mark_lost_state``; the
+        decision is :func:`raft_actors.lost_state.has_lost_state`'s). The mark is made durable
+        at once, before the node does anything else."""
+        self.core.mark_lost_state()
         hs = self.core.hard_state
-        self.storage.set_hard_state(hs)
-        self.storage.sync()
-        self._synced_vote = (hs.term, hs.vote, hs.lost_state)
+        if self._synced_vote != (hs.term, hs.vote, hs.lost_state):
+            self.storage.set_hard_state(hs)
+            self.storage.sync()
+            self._synced_vote = (hs.term, hs.vote, hs.lost_state)
 
     # ------------------------------------------------------------------ inputs
     def tick(self) -> None:
@@ -183,8 +186,9 @@ class Replica:
         A command the state machine's ``validate`` refuses gets a :class:`CommandRejectedError`
         outcome at once and never enters the log.
         """
-        if not self.core.is_leader():
-            raise NotLeaderError(self.core.lead)
+        st = self.core.status()
+        if not st.is_leader:
+            raise NotLeaderError(st.leader)
         accepted: list[bytes] = []
         waiting: list[WriteCallback] = []
         for data, cb in zip(commands, callbacks):
@@ -205,7 +209,7 @@ class Replica:
         try:
             first, term = self.core.propose(accepted)
         except (NotLeader, ProposalDropped) as exc:
-            raise NotLeaderError(self.core.lead, str(exc)) from exc
+            raise NotLeaderError(self.core.status().leader, str(exc)) from exc
         for i, cb in enumerate(waiting):
             self._writes[first + i] = (term, cb)
 
@@ -232,8 +236,9 @@ class Replica:
         ``callback`` gets the new configuration once the promotion is committed, or a
         :class:`MembershipChangeError` if the learner did not catch up in time.
         ``on_caught_up(rounds)`` is called when the leader proposes the promotion."""
-        if not self.core.is_leader():
-            raise NotLeaderError(self.core.lead)
+        st = self.core.status()
+        if not st.is_leader:
+            raise NotLeaderError(st.leader)
         self._promoting.setdefault(node, []).append(callback)
         if on_caught_up is not None:
             self._caught_up_hooks[node] = on_caught_up
@@ -255,9 +260,10 @@ class Replica:
         if mode == STALE:
             callback([self.applier.query(q) for q in queries])
             return
-        if mode == LINEARIZABLE and not self.core.is_leader():
-            raise NotLeaderError(self.core.lead)
-        if mode == FOLLOWER and not self.core.is_leader() and not self.core.lead:
+        st = self.core.status()
+        if mode == LINEARIZABLE and not st.is_leader:
+            raise NotLeaderError(st.leader)
+        if mode == FOLLOWER and not st.leader:
             raise NotLeaderError(0)
         if mode not in READ_MODES:
             raise ValueError(f"read mode must be one of {READ_MODES}, got {mode!r}")
@@ -300,17 +306,17 @@ class Replica:
             for ctx in rd.dropped_reads:
                 pr = self._reads.pop(ctx, None)
                 if pr is not None:
-                    self._fail_read(pr, NotLeaderError(core.lead, "lost the read index (leader changed)"))
+                    self._fail_read(pr, NotLeaderError(core.status().leader, "lost the read index (leader changed)"))
             self._serve_reads()
             for p in rd.promotions:
                 self._promoted(p.node, p.index, p.term, p.error)
                 hook = self._caught_up_hooks.pop(p.node, None)
                 if hook is not None and p.error is None:
                     hook(p.rounds)
-            if rd.soft_state_changed and core.role != Role.LEADER and self._writes:
+            if rd.soft_state_changed and self._writes and not (st := core.status()).is_leader:
                 # Outcome unknown: the entries may still commit under the next leader. The client
                 # retries through its session, which makes the retry harmless.
-                err = LeadershipLostError(core.lead, "leadership lost before the write committed")
+                err = LeadershipLostError(st.leader, "leadership lost before the write committed")
                 writes, self._writes = self._writes, {}
                 for _, cb in writes.values():
                     cb(Outcome(False, err))
@@ -419,7 +425,8 @@ class Replica:
             if term == e.term and outcome is not None:
                 cb(outcome)
             else:
-                cb(Outcome(False, LeadershipLostError(self.core.lead, "the proposal was overwritten by a new leader")))
+                cb(Outcome(False, LeadershipLostError(self.core.status().leader,
+                                                      "the proposal was overwritten by a new leader")))
 
     def _serve_reads(self) -> None:
         applied = self.applier.applied_index
@@ -431,41 +438,56 @@ class Replica:
     def _fail_read(pr: _PendingRead, exc: Exception) -> None:
         pr.callback([Outcome(False, exc)] * len(pr.queries))
 
-    def fail_all(self, exc: Exception) -> None:
-        """Answer every pending request with ``exc`` (the node is going away)."""
+    def fail_all(self, reason: str) -> None:
+        """Answer every pending request: the node is going away (``reason`` says why).
+
+        A write or membership change waiting here is in this node's log and may yet commit under
+        another leader: it fails with :class:`LeadershipLostError` (outcome unknown; its client
+        retries it in the same session), never with a plain not-the-leader refusal, which tells
+        the client the write was never proposed. A read fails with :class:`NotLeaderError`: it
+        changed nothing, so it is simply retried elsewhere.
+        """
+        lead = self.core.status().leader
+        maybe = Outcome(False, LeadershipLostError(lead, f"{reason}; the write may still commit"))
         writes, self._writes = self._writes, {}
         waiters = [cb for cbs in self._promoting.values() for cb in cbs]
         self._promoting = {}
         for cb in [cb for _, cb in writes.values()] + waiters:
-            cb(Outcome(False, exc))
+            cb(maybe)
+        refused = NotLeaderError(lead, reason)
         reads = list(self._reads.values()) + [w[2] for w in self._waiting]
         self._reads, self._waiting = {}, []
         for pr in reads:
-            self._fail_read(pr, exc)
+            self._fail_read(pr, refused)
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
-        c = self.core
-        if c.lost_state:
+        st = self.core.status()
+        if st.lost_state:
             role = "non-voter"
-        elif c.role != Role.FOLLOWER:
-            role = c.role.name.lower()
+        elif st.role != Role.FOLLOWER:
+            role = st.role.name.lower()
         else:
-            role = {"voter": "follower", "learner": "learner"}.get(c.conf.role_of(c.id) or "", "")
-            role = role or ("removed" if c.id <= c.conf.max_id else "joining")
+            role = {"voter": "follower", "learner": "learner"}.get(st.conf.role_of(st.id) or "", "")
+            role = role or ("removed" if st.id <= st.conf.max_id else "joining")
         return {
-            "node": c.id,
+            "node": st.id,
             "role": role,
-            "term": c.term,
-            "leader": c.lead,
-            "commit_index": c.log.commit,
+            "term": st.term,
+            "leader": st.leader,
+            "commit_index": st.commit,
             "applied_index": self.applier.applied_index,
-            "log_length": c.log.last_index(),
-            "snapshot_index": c.snapshot.index,
-            "log_entries": len(c.log.entries),
+            "log_length": st.last_index,
+            "snapshot_index": st.snapshot_index,
+            "log_entries": st.log_entries,
             "storage_bytes": self.storage.size(),
-            "voters": c.voters,
-            "learners": c.learners,
-            "conf_index": c.conf_index,
-            "max_id": c.conf.max_id,
+            # the configuration in effect here (the newest in the log, maybe not committed yet)...
+            "voters": st.conf.voters,
+            "learners": st.conf.learners,
+            "conf_index": st.conf_index,
+            "max_id": st.conf.max_id,
+            # ... and the one as of the commit index: a change is done once it is committed
+            "committed_voters": st.committed_conf.voters,
+            "committed_learners": st.committed_conf.learners,
+            "committed_max_id": st.committed_conf.max_id,
         }

@@ -35,6 +35,7 @@ from .core import ConfChange, ConfChangeType, ConfState, Entry, EntryKind, HardS
 from .envelope import Outcome, decode_request, encode_register, encode_request
 from .errors import NotLeaderError, SessionExpiredError
 from .linearizability import Operation
+from .lost_state import has_lost_state
 from .replica import FOLLOWER, LINEARIZABLE, Replica
 from .state_machines import KVStore
 from .storage.file import FileStorage
@@ -261,7 +262,7 @@ class Simulator:
         try:
             # as the node actor decides: a node that ran before and finds nothing lost its state,
             # and the mark goes to disk with the very first segment
-            lost = i in self.started and not FileStorage.holds_state(_DATA_DIR, disk)
+            lost = has_lost_state(holds_state=FileStorage.holds_state(_DATA_DIR, disk), ran_before=i in self.started)
             storage = FileStorage(_DATA_DIR, fs=disk, segment_bytes=2048,  # small: segments roll and get deleted
                                   initial_hard_state=HardState(lost_state=True) if lost else None)
             node = Replica(
@@ -275,7 +276,7 @@ class Simulator:
             return
         self.started.add(i)
         self.nodes[i] = node
-        self._seen_commit[i] = node.core.log.commit
+        self._seen_commit[i] = node.core.status().commit
         self._seen_applied[i] = node.applier.applied_index  # restored from its snapshot
         self._flush(node)
 
@@ -314,8 +315,13 @@ class Simulator:
 
     def conf(self) -> ConfState:
         """The newest configuration any live node knows of."""
-        cores = [n.core for n in self.nodes.values() if n is not None]
-        return max(cores, key=lambda c: c.conf_index).conf if cores else ConfState.initial(self.bootstrap)
+        sts = [n.core.status() for n in self.nodes.values() if n is not None]
+        return max(sts, key=lambda st: st.conf_index).conf if sts else ConfState.initial(self.bootstrap)
+
+    def _leader(self) -> Replica | None:
+        """The running leader of the highest term, if any."""
+        leaders = [n for n in self.nodes.values() if n is not None and n.core.status().is_leader]
+        return max(leaders, key=lambda n: n.core.status().term) if leaders else None
 
     def _crash_someone(self) -> None:
         if not self.faults_on:
@@ -325,7 +331,7 @@ class Simulator:
         up_voters = [v for v in voters if v in up]
         # keep a majority able to come back: crash only while more than a majority is up
         if len(up_voters) > len(voters) // 2 + 1 or (len(voters) <= 2 and up):
-            leaders = [j for j in up if (n := self.nodes[j]) is not None and n.core.role == Role.LEADER]
+            leaders = [j for j in up if (n := self.nodes[j]) is not None and n.core.status().is_leader]
             i = self.rng.choice(leaders if leaders and self.rng.random() < self.faults.target_leader else up)
             if self.rng.random() < self.faults.torn_crash:
                 # strike during one of the next file operations (sometimes one of the rarer ones
@@ -337,20 +343,35 @@ class Simulator:
                 self._crash(i)
         self._at(self._exp(self.faults.crash_every or 1), self._crash_someone)
 
+    def confs_in_play(self) -> list[ConfState]:
+        """Every configuration a running node is using or may go back to: its newest (in effect,
+        committed or not) and the one as of its commit index."""
+        sts = [n.core.status() for n in self.nodes.values() if n is not None]
+        confs = {c for st in sts for c in (st.conf, st.committed_conf) if c.voters}  # a joiner knows none yet
+        return list(confs) or [ConfState.initial(self.bootstrap)]
+
+    def may_lose_storage(self, i: int) -> bool:
+        """Whether node ``i`` may lose its disk: a node that lost its storage never votes again,
+        so every configuration in play must keep a quorum of voters that did not."""
+        if i in self.lost_storage:
+            return False
+        for conf in self.confs_in_play():
+            healthy = [v for v in conf.voters if v != i and v not in self.lost_storage]
+            if len(healthy) < len(conf.voters) // 2 + 1:
+                return False
+        return True
+
     def _crash(self, i: int) -> None:
         node = self.nodes[i]
         if node is None:
             return
-        node.fail_all(NotLeaderError(0, "node crashed"))
+        may_lose = self.may_lose_storage(i)  # while node i still counts: it may hold the newest configuration
+        node.fail_all("node crashed")
         self.nodes[i] = None
         self.stats["crashes"] += 1
         disk = self.disks[i]
         disk.crash()  # what was not fsynced is lost, or partly written
-        # a node that lost its storage never votes again: keep enough voters for liveness
-        voters = self.conf().voters
-        lost_voters = [v for v in voters if v in self.lost_storage]
-        if (self.rng.random() < self.faults.lose_storage and i not in self.lost_storage
-                and len(lost_voters) + 1 <= len(voters) - (len(voters) // 2 + 1)):
+        if self.rng.random() < self.faults.lose_storage and may_lose:
             # the disk is gone: the node comes back empty and knows it lost its state
             disk.wipe()
             self.lost_storage.add(i)
@@ -366,11 +387,10 @@ class Simulator:
         if not self.faults_on:
             return
         self._at(self._exp(self.faults.reconfigure_every or 1), self._reconfigure)
-        leaders = [n for n in self.nodes.values() if n is not None and n.core.role == Role.LEADER]
-        if not leaders:
+        ld = self._leader()
+        if ld is None:
             return
-        ld = max(leaders, key=lambda n: n.core.term)
-        conf = ld.core.conf
+        conf = ld.core.status().conf
         r = self.rng.random()
         lost = [v for v in conf.members if v in self.lost_storage]
         if lost:
@@ -398,13 +418,13 @@ class Simulator:
         """Stop nodes whose removal committed although nobody heard back (the leader changed):
         as ``RaftCluster.remove_node`` does, which retries until it sees the change in place."""
         self._at(100, self._janitor)
-        leaders = [n for n in self.nodes.values() if n is not None and n.core.role == Role.LEADER]
-        if not leaders:
+        ld = self._leader()
+        if ld is None:
             return
-        core = max(leaders, key=lambda n: n.core.term).core
-        if core.conf_index <= core.log.commit:
+        st = ld.core.status()
+        if st.conf_committed:
             for i in self.active():
-                if i <= core.conf.max_id and i not in core.conf.members:
+                if i <= st.conf.max_id and i not in st.conf.members:
                     self._retire(i)
 
     def _change(self, ld: Replica, cc: ConfChange) -> None:
@@ -653,7 +673,7 @@ class Simulator:
                 agree = next((k for k in range(last, first - 1, -1) if la.term(k) == lb.term(k)), 0)
                 if agree and la.slice(first, agree + 1) != lb.slice(first, agree + 1):
                     self._violation(f"log matching: nodes {a} and {b} agree on the term at {agree} but differ before it")
-        leaders = [i for i, n in up.items() if n.core.role == Role.LEADER]
+        leaders = [i for i, n in up.items() if n.core.status().is_leader]
         if not leaders:
             self._violation("liveness: no leader after healing every fault")
             return
@@ -671,11 +691,11 @@ class Simulator:
             if key not in present:
                 self._violation(f"acknowledged write {key} is not in the final committed log")
         # nodes whose removal committed without the sim hearing of it are left behind: fine
-        final_conf = up[leaders[0]].core.conf
+        final_conf = up[leaders[0]].core.status().conf
         members = {i: n for i, n in up.items() if i in final_conf.members}
         for i, n in members.items():
-            if n.core.conf != final_conf:
-                self._violation(f"node {i} has configuration {n.core.conf}, the leader {final_conf}")
+            if (conf := n.core.status().conf) != final_conf:
+                self._violation(f"node {i} has configuration {conf}, the leader {final_conf}")
         if len(members) != len(final_conf.members):
             self._violation(f"members {sorted(set(final_conf.members) - set(members))} are not running at the end")
         applied = {n.applier.applied_index for n in members.values()}

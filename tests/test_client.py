@@ -165,3 +165,39 @@ def test_driver_survives_a_node_that_died_on_its_own(cluster_factory) -> None:
     cluster.heal()
     client.submit(put("after", 1))
     wait_until(lambda: cluster.status()["applied_index"].nunique() == 1, what="convergence")
+
+
+class _SilentLeader:
+    """A stand-in node handle: it opens sessions, then takes writes and never answers them (a
+    leader that appended them and went quiet), like a Ray actor handle (``submit.remote``)."""
+
+    def __init__(self) -> None:
+        self.submit = self
+        self.calls = 0
+
+    def remote(self, payload: bytes):
+        from raft_actors.envelope import Outcome, decode_request, dumps, loads
+
+        self.calls += 1
+        fut = asyncio.get_running_loop().create_future()
+        requests = [decode_request(r) for r in loads(payload)]
+        if all(r.client_id is None for r in requests):  # session openings are answered
+            fut.set_result(dumps([Outcome(True, 7)] * len(requests)))
+        return fut
+
+
+def test_a_blocking_write_that_may_have_been_applied_raises_unknown_outcome() -> None:
+    """The blocking client once turned every deadline error into a plain RaftTimeoutError,
+    hiding that a write sent to a leader may have been applied."""
+    from raft_actors import RaftClient, UnknownOutcomeError
+
+    node = _SilentLeader()
+    client = RaftClient(lambda: {1: node}, RaftConfig(request_timeout=0.3))
+    try:
+        with pytest.raises(UnknownOutcomeError):
+            client.submit(put("x", 1))
+        assert node.calls >= 2  # the session opening, then the write (maybe more attempts)
+        with pytest.raises(UnknownOutcomeError):
+            client.submit_async(put("y", 2)).result(timeout=5)
+    finally:
+        client.close()

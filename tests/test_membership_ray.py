@@ -129,3 +129,50 @@ def test_the_configuration_survives_restarts(cluster_factory) -> None:
     assert cluster.configuration() == want
     client.submit(put("b", 2))
     assert client.query(get("a")) == 1 and client.query(get("b")) == 2
+
+
+def _leader_that_commits_nothing(cluster_factory):
+    """A 3-node cluster whose followers still hear the leader but whose answers are all lost:
+    the leader (check-quorum off, so it stays) appends and commits nothing more."""
+    cluster = cluster_factory(num_nodes=3, config=RaftConfig(check_quorum=False, election_ticks=30))
+    cluster.client().submit(put("a", 1))
+    leader = cluster.leader()
+    for i in cluster.node_ids:
+        if i != leader:
+            cluster.inject(i, drop_rate=1.0)
+    return cluster, leader
+
+
+def test_a_membership_change_in_the_log_but_not_committed_is_not_taken_as_done(cluster_factory) -> None:
+    """The driver once accepted a change as done when the leader's newest configuration showed
+    it, committed or not; remove_node would then stop a node and delete its data although a
+    later leader could roll the removal back."""
+    cluster, leader = _leader_that_commits_nothing(cluster_factory)
+    victim = next(i for i in cluster.node_ids if i != leader)
+    with pytest.raises(RaftTimeoutError):
+        cluster._membership("remove", victim, time.monotonic() + 3)
+    st = cluster.status()
+    assert victim not in st.loc[leader, "voters"]  # in effect on the leader (it is in its log)...
+    assert victim in st.loc[leader, "committed_voters"]  # ... but not committed
+    assert victim in cluster.configuration().voters
+    assert victim not in cluster.configuration(committed=False).voters
+    cluster.heal()
+    wait_until(lambda: victim not in cluster.configuration().voters, what="the removal to commit once healed")
+
+
+def test_writes_in_the_log_of_a_node_being_stopped_may_have_been_applied(cluster_factory) -> None:
+    """A node stopped by the driver (remove_node) once failed the writes in its log with a plain
+    NotLeaderError, which tells a client the write was never proposed: after its session
+    expired, the client would send it again in a new one and it would be applied twice."""
+    from raft_actors import LeadershipLostError
+    from raft_actors.envelope import dumps, encode_request, loads
+
+    cluster, leader = _leader_that_commits_nothing(cluster_factory)
+    h = cluster.handle(leader)
+    before = cluster.status().loc[leader, "log_length"]
+    # a write of some session (it would be refused at apply time: it never gets that far)
+    ref = h.submit.remote(dumps([encode_request(1, 1, 1, put("x", 1))]))
+    wait_until(lambda: cluster.status().loc[leader, "log_length"] > before, what="the write in the leader's log")
+    ray.get(h.destroy_data.remote(), timeout=10)
+    (out,) = loads(ray.get(ref, timeout=10))
+    assert not out.ok and isinstance(out.value, LeadershipLostError), out
