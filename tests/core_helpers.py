@@ -63,6 +63,15 @@ def core(
     )
 
 
+def drain(c: RaftCore) -> Ready:
+    """Take ``c``'s ready as a shell does: the entries it asks to persist are persisted, and the
+    core is told (a leader counts itself toward commit only for what it has synced)."""
+    rd = c.ready()
+    if rd.entries:
+        c.persisted(rd.entries[-1].index, rd.entries[-1].term)
+    return rd
+
+
 def of(msgs: Iterable[Message], type: MsgType | None = None, to: int | None = None) -> list[Message]:
     return [m for m in msgs if (type is None or m.type == type) and (to is None or m.to == to)]
 
@@ -98,14 +107,14 @@ def elect(c: RaftCore, granters: Sequence[int] | None = None) -> Ready:
                 break
             c.step(Message(MsgType.VOTE_RESP, c.id, p, c.term))
     assert c.role == Role.LEADER, c.role
-    return c.ready()
+    return drain(c)
 
 
 def ack(c: RaftCore, frm: int, index: int | None = None) -> Ready:
     """Leader ``c`` hears that ``frm`` matches up to ``index`` (its last index by default)."""
     idx = c.log.last_index() if index is None else index
     c.step(Message(MsgType.APPEND_RESP, c.id, frm, c.term, index=idx))
-    return c.ready()
+    return drain(c)
 
 
 def leader(nid: int = 1, voters: Iterable[int] = (1, 2, 3), *, caught_up: Iterable[int] = (), **kw) -> RaftCore:
@@ -117,7 +126,7 @@ def leader(nid: int = 1, voters: Iterable[int] = (1, 2, 3), *, caught_up: Iterab
     elect(c)
     for p in caught_up:
         ack(c, p)
-    c.ready()
+    drain(c)
     return c
 
 
@@ -181,7 +190,7 @@ class Net:
         for nid, c in self.cores.items():
             if nid in self.down:
                 continue
-            rd = c.ready()
+            rd = drain(c)
             if rd.snapshot is not None:
                 self.snapshots[nid].append(rd.snapshot)
             self.applied[nid].extend(rd.committed_entries)

@@ -31,7 +31,7 @@ from raft_actors.core import (
     Role,
 )
 from raft_actors.core.raft import LOST_STATE
-from tests.core_helpers import ET, Net, ack, cluster, config, core, elect, ents, leader, of, terms_of, tick_until
+from tests.core_helpers import ET, Net, ack, cluster, config, core, drain, elect, ents, leader, of, terms_of, tick_until
 
 M = MsgType
 
@@ -55,10 +55,10 @@ def append(c: RaftCore, frm: int, prev: int, prev_term: int, entries=(), commit:
 @pytest.mark.parametrize("kind", [M.APPEND, M.HEARTBEAT])
 def test_higher_term_append_makes_follower_of_sender_and_clears_vote(kind):
     c = core(terms=[1, 1], term=3, vote=2)
-    c.ready()
+    drain(c)
     c.step(msg(kind, 1, 3, 5, log_term=1, index=2))
     assert (c.role, c.term, c.vote, c.lead) == (Role.FOLLOWER, 5, NONE, 3)
-    assert c.ready().hard_state == HardState(5, NONE, 0)
+    assert drain(c).hard_state == HardState(5, NONE, 0)
 
 
 @pytest.mark.parametrize("kind", [M.APPEND_RESP, M.HEARTBEAT_RESP, M.VOTE_RESP, M.READ_INDEX_RESP])
@@ -67,19 +67,19 @@ def test_leader_seeing_higher_term_steps_down_to_follower_at_that_term(kind):
     assert c.term == 2
     c.step(msg(kind, 1, 2, 7, reject=kind == M.VOTE_RESP))
     assert (c.role, c.term, c.vote, c.lead) == (Role.FOLLOWER, 7, NONE, NONE)
-    assert c.ready().hard_state == HardState(7, NONE, 0)
+    assert drain(c).hard_state == HardState(7, NONE, 0)
 
 
 def test_candidate_seeing_higher_term_vote_request_becomes_follower_at_that_term():
     c = core(terms=[1], pre_vote=False)
     tick_until(c, lambda x: x.role == Role.CANDIDATE)
     assert (c.term, c.vote) == (2, 1)
-    c.ready()
+    drain(c)
     c.step(msg(M.VOTE, 1, 3, 4, log_term=1, index=1))
     assert (c.role, c.term) == (Role.FOLLOWER, 4)
     # the vote of term 2 is gone; the vote of term 4 went to the (up-to-date) requester
     assert c.vote == 3
-    rd = c.ready()
+    rd = drain(c)
     assert rd.hard_state == HardState(4, 3, 0)
     assert rd.messages == [msg(M.VOTE_RESP, 3, 1, 4)]
 
@@ -88,10 +88,10 @@ def test_candidate_seeing_higher_term_vote_request_becomes_follower_at_that_term
 def test_stale_append_or_heartbeat_is_answered_with_current_term(kind):
     c = core(terms=[1, 1], term=5)
     heartbeat(c, 2)
-    c.ready()
+    drain(c)
     c.tick()
     c.step(msg(kind, 1, 3, 4, log_term=1, index=2, entries=ents([4], start=3), commit=2))
-    assert c.ready().messages == [msg(M.APPEND_RESP, 3, 1, 5)]
+    assert drain(c).messages == [msg(M.APPEND_RESP, 3, 1, 5)]
     # nothing else changed: same leader, same log, no commit, timer not reset
     assert (c.term, c.lead, c.log.last_index(), c.log.commit, c.election_elapsed) == (5, 2, 2, 0, 1)
 
@@ -101,10 +101,10 @@ def test_stale_leader_steps_down_when_told_the_newer_term():
     assert old.term == 2
     f = core(2, terms=[1], term=3)
     old.tick()
-    hb = of(old.ready().messages, M.HEARTBEAT, to=2)
+    hb = of(drain(old).messages, M.HEARTBEAT, to=2)
     assert len(hb) == 1
     f.step(hb[0])
-    (resp,) = f.ready().messages
+    (resp,) = drain(f).messages
     assert (resp.type, resp.term) == (M.APPEND_RESP, 3)
     old.step(resp)
     assert (old.role, old.term, old.lead) == (Role.FOLLOWER, 3, NONE)
@@ -117,10 +117,10 @@ def test_stale_leader_steps_down_when_told_the_newer_term():
 def test_other_stale_messages_are_ignored(kind):
     c = core(terms=[1, 1], term=5)
     heartbeat(c, 2)
-    c.ready()
+    drain(c)
     before = (c.role, c.term, c.vote, c.lead, c.log.commit, c.election_elapsed)
     c.step(msg(kind, 1, 3, 4, log_term=9, index=9, context="ctx"))
-    rd = c.ready()
+    rd = drain(c)
     assert rd.messages == [] and rd.read_states == [] and rd.dropped_reads == [] and rd.hard_state is None
     assert (c.role, c.term, c.vote, c.lead, c.log.commit, c.election_elapsed) == before
 
@@ -130,10 +130,10 @@ def test_stale_vote_is_rejected_with_current_term():
     a stale configuration), and nothing else changes here."""
     c = core(terms=[1, 1], term=5)
     heartbeat(c, 2)
-    c.ready()
+    drain(c)
     before = (c.role, c.term, c.vote, c.lead, c.log.commit, c.election_elapsed)
     c.step(msg(M.VOTE, 1, 3, 4, log_term=9, index=9))
-    (resp,) = c.ready().messages
+    (resp,) = drain(c).messages
     assert (resp.type, resp.to, resp.term, resp.reject) == (M.VOTE_RESP, 3, 5, True)
     assert (c.role, c.term, c.vote, c.lead, c.log.commit, c.election_elapsed) == before
 
@@ -141,7 +141,7 @@ def test_stale_vote_is_rejected_with_current_term():
 def test_stale_pre_vote_is_rejected_with_current_term():
     c = core(terms=[1], term=5)
     c.step(msg(M.PRE_VOTE, 1, 3, 4, log_term=9, index=9))
-    assert c.ready().messages == [msg(M.PRE_VOTE_RESP, 3, 1, 5, reject=True)]
+    assert drain(c).messages == [msg(M.PRE_VOTE_RESP, 3, 1, 5, reject=True)]
     assert c.term == 5
 
 
@@ -153,7 +153,7 @@ def test_commit_never_moves_backward():
     append(c, 2, prev=5, prev_term=1, commit=3)
     append(c, 2, prev=1, prev_term=1, entries=ents([1], start=2), commit=2)
     assert c.log.commit == 4
-    rd = c.ready()
+    rd = drain(c)
     assert rd.hard_state in (None, HardState(1, NONE, 4))
     heartbeat(c, 2, commit=5)
     assert c.log.commit == 5
@@ -165,21 +165,21 @@ def test_committed_entries_come_out_of_ready_once_in_index_order():
     c = core(terms=[], term=1)
     new = ents([1, 1, 1, 1, 1])
     append(c, 2, prev=0, prev_term=0, entries=new, commit=3)
-    rd = c.ready()
+    rd = drain(c)
     assert rd.entries == new
     assert rd.committed_entries == new[:3]
     assert rd.hard_state == HardState(1, NONE, 3)
-    rd = c.ready()
+    rd = drain(c)
     assert rd.committed_entries == [] and rd.entries == []
     heartbeat(c, 2, commit=5)
-    assert c.ready().committed_entries == new[3:]
+    assert drain(c).committed_entries == new[3:]
     heartbeat(c, 2, commit=5)
-    assert c.ready().committed_entries == []
+    assert drain(c).committed_entries == []
 
 
 def test_restored_commit_is_applied_from_the_start():
     c = core(terms=[1, 1, 1], commit=2)
-    assert c.ready().committed_entries == ents([1, 1])
+    assert drain(c).committed_entries == ents([1, 1])
 
 
 # ====================================================================== RequestVote
@@ -187,41 +187,41 @@ def test_restored_commit_is_applied_from_the_start():
 
 def voter(**kw) -> RaftCore:
     c = core(1, (1, 2, 3, 4, 5), **kw)
-    c.ready()
+    drain(c)
     return c
 
 
 def test_vote_for_lower_term_candidate_is_not_granted():
     c = voter(terms=[1], term=5)
     c.step(msg(M.VOTE, 1, 2, 4, log_term=4, index=100))
-    assert not [m for m in c.ready().messages if m.type == M.VOTE_RESP and not m.reject]
+    assert not [m for m in drain(c).messages if m.type == M.VOTE_RESP and not m.reject]
     assert (c.term, c.vote) == (5, NONE)
 
 
 def test_vote_is_granted_at_most_once_per_term_but_repeated_to_the_same_candidate():
     c = voter(terms=[1, 1], term=2)
     c.step(msg(M.VOTE, 1, 2, 3, log_term=1, index=2))
-    assert c.ready().messages == [msg(M.VOTE_RESP, 2, 1, 3)]
+    assert drain(c).messages == [msg(M.VOTE_RESP, 2, 1, 3)]
     assert (c.term, c.vote) == (3, 2)
     c.step(msg(M.VOTE, 1, 3, 3, log_term=1, index=2))
-    assert c.ready().messages == [msg(M.VOTE_RESP, 3, 1, 3, reject=True)]
+    assert drain(c).messages == [msg(M.VOTE_RESP, 3, 1, 3, reject=True)]
     c.step(msg(M.VOTE, 1, 2, 3, log_term=1, index=2))
-    assert c.ready().messages == [msg(M.VOTE_RESP, 2, 1, 3)]
+    assert drain(c).messages == [msg(M.VOTE_RESP, 2, 1, 3)]
     assert c.vote == 2
 
 
 def test_vote_survives_restart():
     c = voter(terms=[1, 1], term=3, vote=2)
     c.step(msg(M.VOTE, 1, 3, 3, log_term=1, index=2))
-    assert c.ready().messages == [msg(M.VOTE_RESP, 3, 1, 3, reject=True)]
+    assert drain(c).messages == [msg(M.VOTE_RESP, 3, 1, 3, reject=True)]
 
 
 def test_follower_that_knows_the_leader_of_the_term_does_not_vote_in_it():
     c = voter(terms=[1, 1], term=3)
     heartbeat(c, 4)
-    c.ready()
+    drain(c)
     c.step(msg(M.VOTE, 1, 2, 3, log_term=1, index=2))
-    assert c.ready().messages == [msg(M.VOTE_RESP, 2, 1, 3, reject=True)]
+    assert drain(c).messages == [msg(M.VOTE_RESP, 2, 1, 3, reject=True)]
     assert c.vote == NONE
 
 
@@ -238,7 +238,7 @@ def test_follower_that_knows_the_leader_of_the_term_does_not_vote_in_it():
 def test_vote_requires_candidate_log_at_least_as_up_to_date(last_term, last_index, granted):
     c = voter(terms=[1, 1, 2, 2], term=2)
     c.step(msg(M.VOTE, 1, 2, 3, log_term=last_term, index=last_index))
-    (resp,) = c.ready().messages
+    (resp,) = drain(c).messages
     assert (resp.type, resp.reject) == (M.VOTE_RESP, not granted)
     assert c.term == 3
     assert c.vote == (2 if granted else NONE)
@@ -250,11 +250,11 @@ def test_granting_a_vote_resets_the_election_timer():
     for _ in range(timeout - 1):
         c.tick()
     c.step(msg(M.VOTE, 1, 2, 3, log_term=1, index=1))
-    assert c.ready().messages == [msg(M.VOTE_RESP, 2, 1, 3)]
+    assert drain(c).messages == [msg(M.VOTE_RESP, 2, 1, 3)]
     assert c.election_elapsed == 0
     for _ in range(timeout - 1):
         c.tick()
-    assert c.role == Role.FOLLOWER and c.ready().messages == []
+    assert c.role == Role.FOLLOWER and drain(c).messages == []
     c.tick()
     assert c.role == Role.CANDIDATE and c.term == 4
 
@@ -264,7 +264,7 @@ def test_rejecting_a_vote_does_not_reset_the_election_timer():
     for _ in range(c.randomized_timeout - 1):
         c.tick()
     c.step(msg(M.VOTE, 1, 2, 3, log_term=1, index=1))  # shorter log: rejected
-    assert c.ready().messages == [msg(M.VOTE_RESP, 2, 1, 3, reject=True)]
+    assert drain(c).messages == [msg(M.VOTE_RESP, 2, 1, 3, reject=True)]
     c.tick()
     assert c.role == Role.CANDIDATE
 
@@ -273,7 +273,7 @@ def test_vote_is_in_the_same_ready_as_the_response_so_it_is_persisted_before_sen
     c = voter(terms=[1], term=2)
     c.step(msg(M.VOTE, 1, 2, 3, log_term=1, index=1))
     assert c.has_ready()
-    rd = c.ready()
+    rd = drain(c)
     assert rd.hard_state == HardState(3, 2, 0)
     assert rd.messages == [msg(M.VOTE_RESP, 2, 1, 3)]
     assert not c.has_ready()
@@ -282,7 +282,7 @@ def test_vote_is_in_the_same_ready_as_the_response_so_it_is_persisted_before_sen
 def test_pre_vote_grant_changes_no_state():
     c = voter(terms=[1], term=2)
     c.step(msg(M.PRE_VOTE, 1, 2, 3, log_term=1, index=1))
-    rd = c.ready()
+    rd = drain(c)
     # a granted pre-vote answers in the term asked about; term and vote stay
     assert rd.messages == [msg(M.PRE_VOTE_RESP, 2, 1, 3)]
     assert rd.hard_state is None
@@ -296,16 +296,16 @@ def test_follower_starts_pre_vote_after_randomized_timeout_without_bumping_term(
     timeouts = set()
     for seed in range(40):
         c = core(terms=[1, 2], term=2, seed=seed)
-        c.ready()
+        drain(c)
         t = c.randomized_timeout
         assert ET <= t < 2 * ET
         timeouts.add(t)
         for _ in range(t - 1):
             c.tick()
-        assert c.role == Role.FOLLOWER and c.ready().messages == []
+        assert c.role == Role.FOLLOWER and drain(c).messages == []
         c.tick()
         assert (c.role, c.term, c.vote) == (Role.PRE_CANDIDATE, 2, NONE)
-        rd = c.ready()
+        rd = drain(c)
         assert rd.hard_state is None
         assert rd.messages == [msg(M.PRE_VOTE, p, 1, 3, log_term=2, index=2) for p in (2, 3)]
     assert len(timeouts) >= 5  # randomized
@@ -314,10 +314,10 @@ def test_follower_starts_pre_vote_after_randomized_timeout_without_bumping_term(
 def test_pre_vote_majority_starts_real_election():
     c = core(terms=[1, 2], term=2)
     tick_until(c, lambda x: x.role == Role.PRE_CANDIDATE)
-    c.ready()
+    drain(c)
     c.step(msg(M.PRE_VOTE_RESP, 1, 2, 3))
     assert (c.role, c.term, c.vote) == (Role.CANDIDATE, 3, 1)
-    rd = c.ready()
+    rd = drain(c)
     assert rd.hard_state == HardState(3, 1, 0)
     assert rd.messages == [msg(M.VOTE, p, 1, 3, log_term=2, index=2) for p in (2, 3)]
 
@@ -330,7 +330,7 @@ def test_pre_vote_without_majority_never_bumps_term():
     for _ in range(10 * ET):
         c.tick()
     assert c.term == 1 and c.vote == NONE
-    assert not of(c.ready().messages, M.VOTE)
+    assert not of(drain(c).messages, M.VOTE)
 
 
 def test_pre_vote_rejected_by_majority_returns_to_follower_in_same_term():
@@ -344,11 +344,11 @@ def test_pre_vote_rejected_by_majority_returns_to_follower_in_same_term():
 
 def test_without_pre_vote_timeout_bumps_term_and_votes_for_self():
     c = core(terms=[1, 1], term=1, pre_vote=False)
-    c.ready()
+    drain(c)
     n = tick_until(c, lambda x: x.role != Role.FOLLOWER)
     assert ET <= n < 2 * ET
     assert (c.role, c.term, c.vote) == (Role.CANDIDATE, 2, 1)
-    rd = c.ready()
+    rd = drain(c)
     assert rd.hard_state == HardState(2, 1, 0)
     assert rd.messages == [msg(M.VOTE, p, 1, 2, log_term=1, index=2) for p in (2, 3)]
 
@@ -356,7 +356,7 @@ def test_without_pre_vote_timeout_bumps_term_and_votes_for_self():
 def test_candidate_wins_with_majority_and_appends_noop_of_its_term():
     c = core(1, (1, 2, 3, 4, 5), terms=[1, 1], term=1, commit=2, pre_vote=False)
     tick_until(c, lambda x: x.role == Role.CANDIDATE)
-    c.ready()
+    drain(c)
     c.step(msg(M.VOTE_RESP, 1, 2, 2))
     c.step(msg(M.VOTE_RESP, 1, 4, 2, reject=True))
     assert c.role == Role.CANDIDATE  # 2 of 5
@@ -366,7 +366,7 @@ def test_candidate_wins_with_majority_and_appends_noop_of_its_term():
     assert (c.role, c.lead, c.term) == (Role.LEADER, 1, 2)
     noop = Entry(2, 3, None, EntryKind.NOOP)
     assert c.log.entries[-1] == noop
-    rd = c.ready()
+    rd = drain(c)
     assert rd.entries == [noop]
     assert rd.messages == [
         msg(M.APPEND, p, 1, 2, log_term=1, index=2, entries=[noop], commit=2) for p in (2, 3, 4, 5)
@@ -388,10 +388,10 @@ def test_candidate_seeing_leader_of_its_term_becomes_follower(pre_vote, kind):
     tick_until(c, lambda x: x.role != Role.FOLLOWER)
     assert c.role == (Role.PRE_CANDIDATE if pre_vote else Role.CANDIDATE)
     term = c.term
-    c.ready()
+    drain(c)
     c.step(msg(kind, 1, 3, term, log_term=1, index=1, commit=1))
     assert (c.role, c.term, c.lead) == (Role.FOLLOWER, term, 3)
-    (resp,) = c.ready().messages
+    (resp,) = drain(c).messages
     assert resp.to == 3 and resp.term == term and not resp.reject
     assert resp.type == (M.APPEND_RESP if kind == M.APPEND else M.HEARTBEAT_RESP)
     assert c.log.commit == 1
@@ -400,7 +400,7 @@ def test_candidate_seeing_leader_of_its_term_becomes_follower(pre_vote, kind):
 def test_split_vote_is_retried_in_a_higher_term():
     c = core(1, (1, 2, 3, 4), terms=[1], term=1, pre_vote=False)
     tick_until(c, lambda x: x.role == Role.CANDIDATE)
-    c.ready()
+    drain(c)
     c.step(msg(M.VOTE_RESP, 1, 3, 2))  # 2 of 4
     c.step(msg(M.VOTE_RESP, 1, 2, 2, reject=True))  # node 2 voted for itself
     c.step(msg(M.VOTE_RESP, 1, 4, 2, reject=True))  # node 4 voted for node 2
@@ -408,7 +408,7 @@ def test_split_vote_is_retried_in_a_higher_term():
     n = tick_until(c, lambda x: x.term == 3)
     assert ET <= n < 2 * ET
     assert (c.role, c.vote) == (Role.CANDIDATE, 1)
-    assert of(c.ready().messages, M.VOTE) == [msg(M.VOTE, p, 1, 3, log_term=1, index=1) for p in (2, 3, 4)]
+    assert of(drain(c).messages, M.VOTE) == [msg(M.VOTE, p, 1, 3, log_term=1, index=1) for p in (2, 3, 4)]
 
 
 def test_split_vote_in_a_network_ends_with_a_single_leader():
@@ -428,7 +428,7 @@ def test_split_vote_in_a_network_ends_with_a_single_leader():
 def lease_follower(**kw) -> RaftCore:
     c = core(terms=[1], term=2, **kw)
     heartbeat(c, 2)
-    c.ready()
+    drain(c)
     return c
 
 
@@ -438,7 +438,7 @@ def test_leader_stickiness_ignores_higher_term_vote_request_within_lease(kind):
     for _ in range(ET - 1):
         c.tick()
     c.step(msg(kind, 1, 3, 3, log_term=1, index=5))
-    assert c.ready().messages == []
+    assert drain(c).messages == []
     assert (c.term, c.vote, c.lead) == (2, NONE, 2)
 
 
@@ -446,29 +446,29 @@ def test_vote_request_is_heard_once_the_lease_has_expired():
     c = lease_follower()
     for _ in range(ET):
         c.tick()
-    c.ready()
+    drain(c)
     c.step(msg(M.VOTE, 1, 3, 3, log_term=1, index=5))
-    assert of(c.ready().messages, M.VOTE_RESP) == [msg(M.VOTE_RESP, 3, 1, 3)]
+    assert of(drain(c).messages, M.VOTE_RESP) == [msg(M.VOTE_RESP, 3, 1, 3)]
     assert (c.term, c.vote) == (3, 3)
 
 
 def test_leader_stickiness_is_off_without_check_quorum():
     c = lease_follower(check_quorum=False)
     c.step(msg(M.VOTE, 1, 3, 3, log_term=1, index=5))
-    assert c.ready().messages == [msg(M.VOTE_RESP, 3, 1, 3)]
+    assert drain(c).messages == [msg(M.VOTE_RESP, 3, 1, 3)]
 
 
 def test_transfer_vote_request_is_heard_within_lease():
     c = lease_follower()
     c.step(msg(M.VOTE, 1, 3, 3, log_term=1, index=5, context=TRANSFER))
-    assert c.ready().messages == [msg(M.VOTE_RESP, 3, 1, 3)]
+    assert drain(c).messages == [msg(M.VOTE_RESP, 3, 1, 3)]
     assert (c.term, c.vote) == (3, 3)
 
 
 def test_leader_ignores_higher_term_vote_request_with_check_quorum():
     c = leader(terms=[1], caught_up=[2, 3])
     c.step(msg(M.VOTE, 1, 3, 9, log_term=9, index=9))
-    assert c.ready().messages == [] and c.is_leader() and c.term == 2
+    assert drain(c).messages == [] and c.is_leader() and c.term == 2
 
 
 def test_check_quorum_leader_without_quorum_steps_down_after_election_timeout():
@@ -534,7 +534,7 @@ def test_without_pre_vote_partitioned_node_bumps_its_term():
 def test_append_with_missing_prev_entry_is_rejected_with_hint():
     c = core(terms=[1, 1, 2], term=2)
     append(c, 2, prev=5, prev_term=2)
-    assert c.ready().messages == [msg(M.APPEND_RESP, 2, 1, 2, log_term=2, index=5, reject=True, reject_hint=3)]
+    assert drain(c).messages == [msg(M.APPEND_RESP, 2, 1, 2, log_term=2, index=5, reject=True, reject_hint=3)]
     assert terms_of(c) == [1, 1, 2]
 
 
@@ -542,37 +542,37 @@ def test_append_with_prev_term_mismatch_is_rejected_with_hint_skipping_the_term(
     c = core(terms=[1, 1, 2, 2, 2, 2, 2], term=3)
     # the leader's entry 6 has term 3: our whole run of term-2 entries up to 6 may still match
     append(c, 2, prev=6, prev_term=3)
-    assert c.ready().messages == [msg(M.APPEND_RESP, 2, 1, 3, log_term=2, index=6, reject=True, reject_hint=6)]
+    assert drain(c).messages == [msg(M.APPEND_RESP, 2, 1, 3, log_term=2, index=6, reject=True, reject_hint=6)]
     # the leader's entry 6 has term 1: every entry of a term > 1 is skipped at once
     append(c, 2, prev=6, prev_term=1)
-    assert c.ready().messages == [msg(M.APPEND_RESP, 2, 1, 3, log_term=1, index=6, reject=True, reject_hint=2)]
+    assert drain(c).messages == [msg(M.APPEND_RESP, 2, 1, 3, log_term=1, index=6, reject=True, reject_hint=2)]
     # nothing of term <= 0 but the empty prefix
     c2 = core(terms=[2, 2], term=3)
     append(c2, 2, prev=2, prev_term=1)
-    assert c2.ready().messages == [msg(M.APPEND_RESP, 2, 1, 3, log_term=0, index=2, reject=True, reject_hint=0)]
+    assert drain(c2).messages == [msg(M.APPEND_RESP, 2, 1, 3, log_term=0, index=2, reject=True, reject_hint=0)]
 
 
 def test_append_deletes_conflicting_entry_and_all_that_follow_and_appends_new_ones():
     c = core(terms=[1, 1, 2, 2, 2], term=2, commit=2)
-    c.ready()
+    drain(c)
     new = ents([3, 3], start=3)
     append(c, 2, prev=2, prev_term=1, entries=new, commit=2, term=3)
     assert c.log.entries == ents([1, 1]) + new
-    rd = c.ready()
+    rd = drain(c)
     assert rd.entries == new
     assert rd.messages == [msg(M.APPEND_RESP, 2, 1, 3, index=4)]
 
 
 def test_append_does_not_touch_entries_already_present():
     c = core(terms=[1, 1, 1, 1], term=1)
-    c.ready()
+    drain(c)
     before = list(c.log.entries)
     append(c, 2, prev=0, prev_term=0, entries=ents([1, 1]))  # an old, shorter copy
-    rd = c.ready()
+    rd = drain(c)
     assert c.log.entries == before and rd.entries == []
     assert rd.messages == [msg(M.APPEND_RESP, 2, 1, 1, index=2)]
     append(c, 2, prev=2, prev_term=1, entries=ents([1, 1, 1], start=3))  # overlaps; one new entry
-    rd = c.ready()
+    rd = drain(c)
     assert rd.entries == ents([1], start=5)
     assert c.log.entries == before + ents([1], start=5)
     assert rd.messages == [msg(M.APPEND_RESP, 2, 1, 1, index=5)]
@@ -587,14 +587,14 @@ def test_append_sets_commit_to_min_of_leader_commit_and_last_new_entry():
     assert c.log.commit == 4
     append(c, 2, prev=5, prev_term=1, entries=ents([1, 1], start=6), commit=9)
     assert c.log.commit == 7
-    assert [e.index for e in c.ready().committed_entries] == list(range(1, 8))
+    assert [e.index for e in drain(c).committed_entries] == list(range(1, 8))
 
 
 def test_append_below_commit_is_answered_with_commit_index():
     c = core(terms=[1] * 5, term=1, commit=4)
-    c.ready()
+    drain(c)
     append(c, 2, prev=2, prev_term=1, entries=ents([1], start=3), commit=4)
-    assert c.ready().messages == [msg(M.APPEND_RESP, 2, 1, 1, index=4)]
+    assert drain(c).messages == [msg(M.APPEND_RESP, 2, 1, 1, index=4)]
     assert terms_of(c) == [1] * 5
 
 
@@ -616,13 +616,13 @@ def exchange(ld: RaftCore, f: RaftCore, first: list[Message] | None = None, max_
     """
     rejects = 0
     for rounds in range(max_rounds):
-        to_f = [m for m in (ld.ready().messages if first is None else first) if m.to == f.id]
+        to_f = [m for m in (drain(ld).messages if first is None else first) if m.to == f.id]
         first = None
         if not to_f:
             return rounds, rejects
         for m in to_f:
             f.step(m)
-        for r in f.ready().messages:
+        for r in drain(f).messages:
             rejects += r.reject
             ld.step(r)
     raise AssertionError("no convergence")
@@ -641,7 +641,7 @@ def test_fast_backtracking_repairs_a_long_divergent_suffix_in_o_terms_round_trip
     # the probe at 73 skips the follower's 70 entries of term 3 beyond 73 at once, the probe at 53 the
     # leader's 50 entries of term 2: one rejection per term, not one per entry
     assert rejects == 2
-    assert rounds == 4  # two rejections, the repair, the commit
+    assert rounds == 3  # two rejections and the repair (the commit index rides on the next heartbeat)
     assert ld.progress[2].match == ld.log.last_index() == 74
 
 
@@ -706,7 +706,7 @@ def test_divergent_follower_log_is_repaired_despite_lost_duplicated_and_reordere
     wire: list[Message] = []
     f_commit = f.log.commit
     for _ in range(300):
-        wire += of(ld.ready().messages, to=2) + f.ready().messages
+        wire += of(drain(ld).messages, to=2) + drain(f).messages
         rnd.shuffle(wire)
         keep = []
         for m in wire:
@@ -751,7 +751,7 @@ def test_leader_moves_next_index_back_by_the_conflict_hint_on_rejection():
     c.step(msg(M.APPEND_RESP, 1, 2, 5, index=6, reject=True, reject_hint=6, log_term=2))
     pr = c.progress[2]
     assert (pr.state, pr.next) == (ProgressState.PROBE, 3)  # every term-3 entry skipped at once
-    (m,) = c.ready().messages
+    (m,) = drain(c).messages
     assert (m.type, m.to, m.index, m.log_term) == (M.APPEND, 2, 2, 1)
     assert [e.index for e in m.entries] == [3, 4, 5, 6, 7]
 
@@ -761,7 +761,7 @@ def test_leader_moves_next_index_back_to_the_followers_last_index():
     elect(c)
     c.step(msg(M.APPEND_RESP, 1, 2, 2, index=4, reject=True, reject_hint=1, log_term=1))
     assert c.progress[2].next == 2
-    (m,) = c.ready().messages
+    (m,) = drain(c).messages
     assert (m.index, m.log_term, [e.index for e in m.entries]) == (1, 1, [2, 3, 4, 5])
 
 
@@ -769,7 +769,7 @@ def test_leader_ignores_stale_rejection():
     c = core(terms=[1, 1, 1, 1], term=1)
     elect(c)
     c.step(msg(M.APPEND_RESP, 1, 2, 2, index=2, reject=True, reject_hint=1, log_term=1))  # we did not send prev 2
-    assert c.progress[2].next == 5 and c.ready().messages == []
+    assert c.progress[2].next == 5 and drain(c).messages == []
 
 
 def test_successful_append_advances_match_and_next_and_switches_probe_to_replicate():
@@ -786,14 +786,14 @@ def test_leader_in_probe_sends_one_append_at_a_time():
     elect(c)
     for i in range(3):
         c.propose([b"%d" % i])
-    rd = c.ready()
+    rd = drain(c)
     assert of(rd.messages, M.APPEND) == []  # the first probe (with the noop) is unanswered
     c.tick()
-    hbs = c.ready().messages
+    hbs = drain(c).messages
     assert [m.type for m in hbs] == [M.HEARTBEAT, M.HEARTBEAT]
     # a heartbeat answer lets a new probe out (the first one may have been lost)
     c.step(msg(M.HEARTBEAT_RESP, 1, 2, 2))
-    (m,) = c.ready().messages
+    (m,) = drain(c).messages
     assert (m.type, m.index, [e.index for e in m.entries]) == (M.APPEND, 1, [2, 3, 4, 5])
 
 
@@ -807,7 +807,7 @@ def propose_one_by_one(c: RaftCore, n: int) -> None:
     """Propose ``n`` commands, each in its own ready cycle (so each may be its own append)."""
     for i in range(n):
         c.propose([b"%d" % i])
-        c.ready()
+        drain(c)
 
 
 def test_pipelining_keeps_at_most_max_inflight_appends_in_flight():
@@ -817,10 +817,10 @@ def test_pipelining_keeps_at_most_max_inflight_appends_in_flight():
     pr = c.progress[2]
     assert pr.inflight == [first, first + 1] and pr.is_paused()
     c.propose([b"more"])
-    assert of(c.ready().messages, to=2) == []
+    assert of(drain(c).messages, to=2) == []
     # one acknowledgement frees one slot ... and the rest of the log goes out in one message
     c.step(msg(M.APPEND_RESP, 1, 2, c.term, index=first))
-    (m,) = c.ready().messages
+    (m,) = drain(c).messages
     assert (m.to, m.index, [e.index for e in m.entries]) == (2, first + 1, [first + 2, first + 3, first + 4])
     assert pr.inflight == [first + 1, first + 4]
 
@@ -831,7 +831,7 @@ def test_pipelining_sends_several_appends_before_any_answer():
     sent = []
     for i in range(5):
         c.propose([b"%d" % i])
-        sent += of(c.ready().messages, M.APPEND, to=3)
+        sent += of(drain(c).messages, M.APPEND, to=3)
     assert [[e.index for e in m.entries] for m in sent] == [[first], [first + 1], [first + 2]]
     assert [m.index for m in sent] == [first - 1, first, first + 1]
 
@@ -843,7 +843,7 @@ def test_heartbeat_response_frees_a_slot_of_a_full_pipeline():
     pr = c.progress[2]
     assert pr.is_paused() and pr.inflight == [first, first + 1]
     c.step(msg(M.HEARTBEAT_RESP, 1, 2, c.term))
-    (m,) = c.ready().messages
+    (m,) = drain(c).messages
     assert (m.type, m.to, [e.index for e in m.entries]) == (M.APPEND, 2, [first + 2])
     assert pr.inflight == [first + 1, first + 2]
 
@@ -853,12 +853,12 @@ def test_rejection_in_replicate_falls_back_to_probe():
     first = c.log.last_index() + 1
     for i in range(3):
         c.propose([b"%d" % i])
-        c.ready()
+        drain(c)
     # the first append was lost: the follower rejects the second
     c.step(msg(M.APPEND_RESP, 1, 2, c.term, index=first, reject=True, reject_hint=first - 1, log_term=c.term))
     pr = c.progress[2]
     assert (pr.state, pr.next, pr.inflight) == (ProgressState.PROBE, first, [])
-    (m,) = c.ready().messages
+    (m,) = drain(c).messages
     assert (m.index, [e.index for e in m.entries]) == (first - 1, [first, first + 1, first + 2])
 
 
@@ -866,7 +866,7 @@ def test_commit_advances_when_a_majority_matches_an_entry_of_the_current_term():
     c = core(1, (1, 2, 3, 4, 5), terms=[1], term=1)
     elect(c)
     c.propose([b"a", b"b"])
-    c.ready()
+    drain(c)
     assert ack(c, 2, 4).committed_entries == [] and c.log.commit == 0  # 2 of 5
     rd = ack(c, 4, 3)  # matches 4, 4, 3: 3 of 5 hold index 3
     assert c.log.commit == 3
@@ -876,32 +876,32 @@ def test_commit_advances_when_a_majority_matches_an_entry_of_the_current_term():
     assert c.log.commit == 4 and [e.index for e in rd.committed_entries] == [4]
     # the commit index goes out with the next appends
     c.propose([b"c"])
-    assert {m.commit for m in c.ready().messages} == {4}
+    assert {m.commit for m in drain(c).messages} == {4}
 
 
 def test_figure8_old_term_entry_on_a_majority_is_not_committed_by_counting():
     # leader of term 4 with an uncommitted entry of term 2 at index 2 (Figure 8 (c))
     c = core(1, (1, 2, 3, 4, 5), terms=[1, 2], term=3, commit=1, max_entries_per_message=1)
-    c.ready()
+    drain(c)
     elect(c)
     assert c.term == 4 and terms_of(c) == [1, 2, 4]
     # followers 2 and 3 have only entry 1: the probe (prev 2) is rejected and entry 2 is sent alone
     for p in (2, 3):
         c.step(msg(M.APPEND_RESP, 1, p, 4, index=2, reject=True, reject_hint=1, log_term=1))
-        (m,) = of(c.ready().messages, M.APPEND, to=p)
+        (m,) = of(drain(c).messages, M.APPEND, to=p)
         assert [e.term for e in m.entries] == [2]
         c.step(msg(M.APPEND_RESP, 1, p, 4, index=2))
     # entry 2 (term 2) is now on 1, 2, 3: a majority, yet not committed
     assert [c.progress[p].match for p in (1, 2, 3)] == [3, 2, 2]
     assert c.log.commit == 1
-    rd = c.ready()
+    rd = drain(c)
     assert rd.committed_entries == []
     # once the current-term entry is on a majority, both are committed
     c.step(msg(M.APPEND_RESP, 1, 2, 4, index=3))
     assert c.log.commit == 1
     c.step(msg(M.APPEND_RESP, 1, 3, 4, index=3))
     assert c.log.commit == 3
-    assert [(e.term, e.index) for e in c.ready().committed_entries] == [(2, 2), (4, 3)]
+    assert [(e.term, e.index) for e in drain(c).committed_entries] == [(2, 2), (4, 3)]
 
 
 def test_figure8_in_a_network_old_term_entry_on_a_majority_is_overwritten_safely():
@@ -950,15 +950,15 @@ def test_heartbeats_carry_min_of_match_and_commit():
     c = core(terms=[1], term=1)
     elect(c)
     c.propose([b"a"])
-    c.ready()
+    drain(c)
     ack(c, 2)
     assert c.log.commit == 3
     c.tick()
-    hbs = {m.to: m.commit for m in of(c.ready().messages, M.HEARTBEAT)}
+    hbs = {m.to: m.commit for m in of(drain(c).messages, M.HEARTBEAT)}
     assert hbs == {2: 3, 3: 0}
     ack(c, 3, 2)
     c.tick()
-    assert {m.to: m.commit for m in of(c.ready().messages, M.HEARTBEAT)} == {2: 3, 3: 2}
+    assert {m.to: m.commit for m in of(drain(c).messages, M.HEARTBEAT)} == {2: 3, 3: 2}
 
 
 def test_heartbeats_are_sent_every_heartbeat_interval():
@@ -966,7 +966,7 @@ def test_heartbeats_are_sent_every_heartbeat_interval():
     counts = []
     for _ in range(9):
         c.tick()
-        counts.append(len(of(c.ready().messages, M.HEARTBEAT)))
+        counts.append(len(of(drain(c).messages, M.HEARTBEAT)))
     assert counts == [0, 0, 2] * 3
 
 
@@ -974,10 +974,10 @@ def test_appends_respect_max_entries_per_message():
     c = replicating_leader(max_entries_per_message=3)
     first = c.log.last_index() + 1
     c.propose([b"%d" % i for i in range(10)])
-    (m,) = of(c.ready().messages, M.APPEND, to=2)
+    (m,) = of(drain(c).messages, M.APPEND, to=2)
     assert [e.index for e in m.entries] == [first, first + 1, first + 2]
     c.step(msg(M.APPEND_RESP, 1, 2, c.term, index=first + 2))
-    rest = [x for x in of(c.ready().messages, M.APPEND, to=2) if x.entries]
+    rest = [x for x in of(drain(c).messages, M.APPEND, to=2) if x.entries]
     assert [len(x.entries) for x in rest] == [3, 3, 1]
     assert [e.index for x in rest for e in x.entries] == list(range(first + 3, first + 10))
     assert [x.index for x in rest] == [first + 2, first + 5, first + 8]
@@ -987,7 +987,7 @@ def test_appends_respect_max_entries_per_message_when_probing():
     c = core(terms=[1] * 10, term=1, max_entries_per_message=4)
     elect(c)
     c.step(msg(M.APPEND_RESP, 1, 2, 2, index=10, reject=True, reject_hint=0, log_term=0))
-    (m,) = c.ready().messages
+    (m,) = drain(c).messages
     assert (m.index, [e.index for e in m.entries]) == (0, [1, 2, 3, 4])
 
 
@@ -996,7 +996,7 @@ def test_propose_returns_first_index_and_term_and_appends():
     last = c.log.last_index()
     assert c.propose([b"a", b"b"]) == (last + 1, c.term)
     assert c.log.entries[-2:] == [Entry(c.term, last + 1, b"a"), Entry(c.term, last + 2, b"b")]
-    rd = c.ready()
+    rd = drain(c)
     assert rd.entries == c.log.entries[-2:]
 
 
@@ -1025,7 +1025,9 @@ def test_single_node_cluster_elects_itself_and_commits_at_once():
     tick_until(c, lambda x: x.is_leader())
     assert c.term == 2
     c.propose([b"a"])
-    rd = c.ready()
+    rd = drain(c)  # the shell syncs the new entries...
+    assert [e.index for e in rd.entries] == [2, 3] and rd.messages == []
+    rd = drain(c)  # ... and with its own copy durable the leader commits them
     assert [e.index for e in rd.committed_entries] == [1, 2, 3]
     assert rd.messages == []
 
@@ -1043,75 +1045,75 @@ def committed_leader(n: int = 5, **kw) -> RaftCore:
 def test_leader_read_index_needs_a_quorum_of_heartbeat_acks_of_the_round():
     c = committed_leader()
     c.read_index("r1")
-    hbs = of(c.ready().messages, M.HEARTBEAT)
+    hbs = of(drain(c).messages, M.HEARTBEAT)
     assert sorted(m.to for m in hbs) == [2, 3, 4, 5]
     (ctx,) = {m.context for m in hbs}
     assert ctx is not None
     # the commit index moves on during the round: the read keeps the round's start
     c.propose([b"w"])
-    c.ready()
+    drain(c)
     ack(c, 2)
     ack(c, 3)
     assert c.log.commit == 3
     c.step(msg(M.HEARTBEAT_RESP, 1, 2, c.term, context=ctx))
     c.step(msg(M.HEARTBEAT_RESP, 1, 4, c.term))  # an ordinary heartbeat answer is no ack
     c.step(msg(M.HEARTBEAT_RESP, 1, 2, c.term, context=ctx))  # a duplicate counts once
-    assert c.ready().read_states == []
+    assert drain(c).read_states == []
     c.step(msg(M.HEARTBEAT_RESP, 1, 5, c.term, context=ctx))
-    assert c.ready().read_states == [ReadState("r1", 2)]
+    assert drain(c).read_states == [ReadState("r1", 2)]
     c.step(msg(M.HEARTBEAT_RESP, 1, 3, c.term, context=ctx))
-    assert c.ready().read_states == []  # released once
+    assert drain(c).read_states == []  # released once
 
 
 def test_later_read_round_ack_releases_earlier_rounds_too():
     c = committed_leader(3)
     c.read_index("a")
-    (ctx_a,) = {m.context for m in c.ready().messages}
+    (ctx_a,) = {m.context for m in drain(c).messages}
     c.propose([b"w"])
     ack(c, 2)
     c.read_index("b")
-    (ctx_b,) = {m.context for m in of(c.ready().messages, M.HEARTBEAT)}
+    (ctx_b,) = {m.context for m in of(drain(c).messages, M.HEARTBEAT)}
     assert ctx_a != ctx_b
     c.step(msg(M.HEARTBEAT_RESP, 1, 3, c.term, context=ctx_b))
-    assert c.ready().read_states == [ReadState("a", 2), ReadState("b", 3)]
+    assert drain(c).read_states == [ReadState("a", 2), ReadState("b", 3)]
 
 
 def test_new_leader_defers_reads_until_it_commits_an_entry_of_its_term():
     c = core(1, (1, 2, 3), terms=[1], term=1, commit=1)
     elect(c)
     c.read_index("r")
-    rd = c.ready()
+    rd = drain(c)
     assert rd.messages == [] and rd.read_states == [] and rd.dropped_reads == []
     rd = ack(c, 2)  # the noop commits
     assert c.log.commit == 2
     hbs = of(rd.messages, M.HEARTBEAT)
     assert len(hbs) == 2 and hbs[0].context is not None
     c.step(msg(M.HEARTBEAT_RESP, 1, 3, c.term, context=hbs[0].context))
-    assert c.ready().read_states == [ReadState("r", 2)]
+    assert drain(c).read_states == [ReadState("r", 2)]
 
 
 def test_follower_forwards_read_index_to_leader_and_turns_answer_into_read_state():
     c = core(terms=[1], term=1)
     heartbeat(c, 2)
-    c.ready()
+    drain(c)
     c.read_index("q")
-    assert c.ready().messages == [msg(M.READ_INDEX, 2, 1, 1, context="q")]
+    assert drain(c).messages == [msg(M.READ_INDEX, 2, 1, 1, context="q")]
     c.step(msg(M.READ_INDEX_RESP, 1, 2, 1, index=7, context="q"))
-    assert c.ready().read_states == [ReadState("q", 7)]
+    assert drain(c).read_states == [ReadState("q", 7)]
     c.read_index("q2")
     c.step(msg(M.READ_INDEX_RESP, 1, 2, 1, reject=True, context="q2"))
-    rd = c.ready()
+    rd = drain(c)
     assert rd.read_states == [] and rd.dropped_reads == ["q2"]
 
 
 def test_leader_answers_forwarded_read_index_after_quorum():
     c = committed_leader(3)
     c.step(msg(M.READ_INDEX, 1, 3, c.term, context="q"))
-    rd = c.ready()
+    rd = drain(c)
     (ctx,) = {m.context for m in of(rd.messages, M.HEARTBEAT)}
     assert rd.read_states == []
     c.step(msg(M.HEARTBEAT_RESP, 1, 2, c.term, context=ctx))
-    rd = c.ready()
+    rd = drain(c)
     assert rd.read_states == []
     assert rd.messages == [msg(M.READ_INDEX_RESP, 3, 1, c.term, index=2, context="q")]
 
@@ -1133,9 +1135,9 @@ def test_read_without_a_leader_is_dropped(state):
     c = core(terms=[1], term=1, pre_vote=state != "candidate")
     if state != "no-leader":
         tick_until(c, lambda x: x.role != Role.FOLLOWER)
-    c.ready()
+    drain(c)
     c.read_index("r")
-    rd = c.ready()
+    rd = drain(c)
     assert rd.dropped_reads == ["r"] and rd.messages == [] and rd.read_states == []
 
 
@@ -1143,15 +1145,15 @@ def test_leader_stepping_down_drops_its_pending_local_reads():
     c = committed_leader(3)
     c.read_index("mine")
     c.step(msg(M.READ_INDEX, 1, 3, c.term, context="theirs"))
-    c.ready()
+    drain(c)
     c2 = core(1, (1, 2, 3), terms=[1], term=1, commit=1)
     elect(c2)
     c2.read_index("deferred")
     for x in (c, c2):
         x.step(msg(M.APPEND_RESP, 1, 2, x.term + 1))
         assert not x.is_leader()
-    assert c.ready().dropped_reads == ["mine"]
-    assert c2.ready().dropped_reads == ["deferred"]
+    assert drain(c).dropped_reads == ["mine"]
+    assert drain(c2).dropped_reads == ["deferred"]
     assert not c.read_rounds and not c2.deferred_reads
 
 
@@ -1161,15 +1163,15 @@ def test_leader_stepping_down_by_check_quorum_drops_reads():
     for _ in range(2 * ET):  # the followers were active in the first timeout
         c.tick()
     assert not c.is_leader()
-    assert c.ready().dropped_reads == ["mine"]
+    assert drain(c).dropped_reads == ["mine"]
 
 
 def test_single_node_cluster_reads_at_once():
     c = core(1, (1,), terms=[1], term=1)
     tick_until(c, lambda x: x.is_leader())
-    c.ready()
+    drain(c)
     c.read_index("r")
-    rd = c.ready()
+    rd = drain(c)
     assert rd.read_states == [ReadState("r", 2)] and rd.messages == []
 
 
@@ -1179,7 +1181,7 @@ def test_single_node_cluster_reads_at_once():
 def test_transfer_to_caught_up_follower_sends_timeout_now():
     c = replicating_leader()
     c.transfer_leader(2)
-    assert c.ready().messages == [msg(M.TIMEOUT_NOW, 2, 1, c.term)]
+    assert drain(c).messages == [msg(M.TIMEOUT_NOW, 2, 1, c.term)]
     assert c.lead_transferee == 2
 
 
@@ -1187,15 +1189,15 @@ def test_transfer_to_lagging_follower_sends_appends_first_then_timeout_now():
     c = leader(terms=[1], caught_up=[2])
     ack(c, 3, 1)
     c.propose([b"a"])
-    c.ready()
+    drain(c)
     c.transfer_leader(3)
-    (m,) = c.ready().messages
+    (m,) = drain(c).messages
     assert (m.type, m.to) == (M.APPEND, 3)
-    assert not of(c.ready().messages, M.TIMEOUT_NOW)
+    assert not of(drain(c).messages, M.TIMEOUT_NOW)
     c.step(msg(M.APPEND_RESP, 1, 3, c.term, index=2))  # not there yet
-    assert not of(c.ready().messages, M.TIMEOUT_NOW)
+    assert not of(drain(c).messages, M.TIMEOUT_NOW)
     c.step(msg(M.APPEND_RESP, 1, 3, c.term, index=3))
-    assert of(c.ready().messages, M.TIMEOUT_NOW) == [msg(M.TIMEOUT_NOW, 3, 1, c.term)]
+    assert of(drain(c).messages, M.TIMEOUT_NOW) == [msg(M.TIMEOUT_NOW, 3, 1, c.term)]
 
 
 def test_proposals_are_refused_during_a_transfer():
@@ -1210,10 +1212,10 @@ def test_proposals_are_refused_during_a_transfer():
 def test_transfer_target_campaigns_at_once_without_pre_vote():
     c = core(2, (1, 2, 3), terms=[1, 2], term=2)
     heartbeat(c, 1)
-    c.ready()
+    drain(c)
     c.step(msg(M.TIMEOUT_NOW, 2, 1, 2))
     assert (c.role, c.term, c.vote) == (Role.CANDIDATE, 3, 2)
-    rd = c.ready()
+    rd = drain(c)
     assert rd.hard_state == HardState(3, 2, 0)
     assert rd.messages == [msg(M.VOTE, p, 2, 3, log_term=2, index=2, context=TRANSFER) for p in (1, 3)]
 
@@ -1261,9 +1263,9 @@ def test_transfer_on_follower_raises_not_leader():
 def test_timeout_now_on_a_candidate_or_stale_is_ignored():
     c = core(2, (1, 2, 3), terms=[1], term=1)
     tick_until(c, lambda x: x.role == Role.PRE_CANDIDATE)
-    c.ready()
+    drain(c)
     c.step(msg(M.TIMEOUT_NOW, 2, 1, 1))
-    assert (c.role, c.term) == (Role.PRE_CANDIDATE, 1) and c.ready().messages == []
+    assert (c.role, c.term) == (Role.PRE_CANDIDATE, 1) and drain(c).messages == []
 
 
 
@@ -1386,7 +1388,7 @@ def lost_core(nid: int = 1, voters=(1, 2, 3, 4, 5), **kw) -> RaftCore:
 
 def test_lost_state_mark_is_persisted_in_the_hard_state():
     c = lost_core()
-    rd = c.ready()
+    rd = drain(c)
     assert rd.hard_state == HardState(0, NONE, 0, True)
     assert rd.messages == []
 
@@ -1394,39 +1396,39 @@ def test_lost_state_mark_is_persisted_in_the_hard_state():
 def test_lost_state_mark_in_hard_state_survives_a_restart():
     c = RaftCore(1, (1, 2, 3), config(), random.Random(0), hard_state=HardState(4, NONE, 0, True))
     assert c.lost_state
-    assert c.ready().hard_state is None  # already persisted
+    assert drain(c).hard_state is None  # already persisted
     assert c.hard_state == HardState(4, NONE, 0, True)
 
 
 def test_lost_node_never_votes_nor_campaigns():
     c = lost_core()
-    c.ready()
+    drain(c)
     c.step(msg(M.PRE_VOTE, 1, 2, 5, log_term=4, index=9))
     c.step(msg(M.VOTE, 1, 2, 5, log_term=4, index=9))
-    rd = c.ready()
+    rd = drain(c)
     assert [(m.type, m.reject) for m in rd.messages] == [(M.PRE_VOTE_RESP, True), (M.VOTE_RESP, True)]
     assert (c.term, c.vote) == (5, NONE)
     assert rd.hard_state == HardState(5, NONE, 0, True)
     c.step(msg(M.TIMEOUT_NOW, 1, 2, 5))
     for _ in range(10 * ET):
         c.tick()
-    sent = c.ready().messages
+    sent = drain(c).messages
     assert (c.role, c.term) == (Role.FOLLOWER, 5)
     assert not [m for m in sent if m.type in (M.PRE_VOTE, M.VOTE)]
 
 
 def test_lost_node_follows_the_log_and_marks_every_answer():
     c = lost_core(voters=(1, 2, 3))
-    c.ready()
+    drain(c)
     append(c, 2, prev=5, prev_term=1, term=1)  # it cannot match: rejected
-    (m,) = c.ready().messages
+    (m,) = drain(c).messages
     assert (m.type, m.reject, m.index, m.context) == (M.APPEND_RESP, True, 5, LOST_STATE)
     append(c, 2, prev=0, prev_term=0, entries=ents([1, 1, 1]), commit=2)
-    rd = c.ready()
+    rd = drain(c)
     assert rd.entries == ents([1, 1, 1]) and rd.committed_entries == ents([1, 1])
     assert rd.messages == [msg(M.APPEND_RESP, 2, 1, 1, index=3, context=LOST_STATE)]
     heartbeat(c, 2, commit=3, context=7)  # a ReadIndex round: a lost node cannot confirm it
-    rd = c.ready()
+    rd = drain(c)
     assert rd.messages == [msg(M.HEARTBEAT_RESP, 2, 1, 1, context=LOST_STATE)]
     assert rd.committed_entries == ents([1], start=3)
     # being caught up changes nothing: only a membership change could re-add it
@@ -1452,7 +1454,7 @@ def test_leader_never_counts_a_follower_that_lost_its_state():
     c = leader(terms=[1], caught_up=[2], check_quorum=False)
     assert c.log.commit == 2
     c.propose([b"x"])
-    c.ready()
+    drain(c)
     # node 3 lost its storage (it got the log back since): it says so in every answer
     c.step(msg(M.APPEND_RESP, 1, 3, c.term, index=3, context=LOST_STATE))
     pr = c.progress[3]
@@ -1469,12 +1471,12 @@ def test_read_index_is_never_confirmed_by_a_lost_follower():
     c = leader(terms=[1], caught_up=[2, 3])
     c.step(msg(M.APPEND_RESP, 1, 3, c.term, index=2, context=LOST_STATE))
     c.read_index("r")
-    (ctx,) = {m.context for m in of(c.ready().messages, M.HEARTBEAT)}
+    (ctx,) = {m.context for m in of(drain(c).messages, M.HEARTBEAT)}
     c.step(msg(M.HEARTBEAT_RESP, 1, 3, c.term, context=LOST_STATE))
     c.step(msg(M.HEARTBEAT_RESP, 1, 3, c.term, context=ctx))  # pre-loss style echo: void too
-    assert c.ready().read_states == []
+    assert drain(c).read_states == []
     c.step(msg(M.HEARTBEAT_RESP, 1, 2, c.term, context=ctx))
-    assert c.ready().read_states == [ReadState("r", 2)]
+    assert drain(c).read_states == [ReadState("r", 2)]
 
 
 def test_check_quorum_does_not_count_a_lost_follower():

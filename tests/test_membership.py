@@ -25,7 +25,7 @@ from raft_actors.core import (
 )
 from raft_actors.core.membership import decode_conf_entry, encode_conf_entry
 
-from .core_helpers import ET, Net, cluster, config, ents, of
+from .core_helpers import ET, Net, cluster, config, drain, ents
 
 ADD, PROMOTE, REMOVE = ConfChangeType.ADD_LEARNER, ConfChangeType.PROMOTE, ConfChangeType.REMOVE
 
@@ -85,11 +85,15 @@ def test_learner_receives_the_log_but_neither_votes_nor_counts() -> None:
     first, _ = ld.propose([b"x"])
     net.tick(2, nodes=[ld.id, 4])
     assert net[4].log.last_index() >= first and ld.log.commit < first
-    # a learner never campaigns, however long it hears nothing
+    # a learner cut off for long asks for pre-votes (its log could be the one the cluster
+    # needs, see below), but a pre-vote changes no term, its own vote never counts, and voters
+    # that hear their leader refuse it: it disturbs nobody
     net.isolate(4)
     net.tick(5 * ET, nodes=[4])
-    assert net[4].role == Role.FOLLOWER and net[4].term == ld.term
-    assert not of(net[4].ready().messages, MsgType.PRE_VOTE)
+    assert net[4].term == ld.term and not net[4].is_leader()
+    net.heal()
+    net.tick(3 * ET)
+    assert ld.is_leader() and all(c.term == ld.term for c in net.cores.values())
 
 
 def test_one_change_at_a_time_and_a_new_leader_commits_first() -> None:
@@ -139,14 +143,14 @@ def test_promotion_reported_in_ready() -> None:
     net, ld = settled()
     add_learner(net, ld, 4)
     ld.request_promotion(4)
-    rd = ld.ready()
+    rd = drain(ld)
     assert not rd.promotions  # it must answer first (in this round): it may have lost its log since
     (hb,) = rd.messages
     assert hb.type == MsgType.HEARTBEAT and hb.to == 4
     net[4].step(hb)
-    (resp,) = net[4].ready().messages
+    (resp,) = drain(net[4]).messages
     ld.step(resp)
-    rd = ld.ready()
+    rd = drain(ld)
     (p,) = rd.promotions
     assert p.node == 4 and p.error is None and ld.log.term(p.index) == p.term
     assert ld.log.entries[p.index - ld.log.offset - 1].kind == EntryKind.CONFIG
@@ -330,14 +334,14 @@ def test_a_joiner_takes_no_snapshot_before_it_knows_the_configuration() -> None:
     r = Replica(4, (), RaftConfig(), MemoryStorage(), KVStore(), random.Random(4))
     noop = [e._replace(command=None, kind=EntryKind.NOOP) for e in ents([1, 1, 1])]
     r.step(Message(MsgType.APPEND, 4, 1, 1, 0, 0, noop, commit=3))
-    r.process_ready()
+    r.process_ready(lambda msgs: None)
     assert r.applier.applied_index == 3 and r.core.conf.voters == ()
     assert r.prepare_snapshot() is None  # it would say "no voters" for this prefix
     cc = ConfChange(ADD, 4)
     conf = ConfState.initial([1, 2, 3]).apply(cc)
     add = Entry(1, 4, encode_conf_entry(cc, conf), EntryKind.CONFIG)
     r.step(Message(MsgType.APPEND, 4, 1, 1, 1, 3, [add], commit=4))
-    r.process_ready()
+    r.process_ready(lambda msgs: None)
     meta, _ = r.prepare_snapshot()
     assert (meta.index, meta.voters, meta.learners) == (4, (1, 2, 3), (4,))
 
@@ -454,3 +458,72 @@ def test_promotion_waits_for_an_answer_from_the_learner_in_the_current_round() -
     assert ld.voters == (1, 2, 3, 4)
     (p,) = net.promotions[ld.id]
     assert p.error is None
+
+
+VOTES = (MsgType.PRE_VOTE, MsgType.PRE_VOTE_RESP, MsgType.VOTE, MsgType.VOTE_RESP)
+
+
+def test_a_learner_with_the_newest_log_campaigns_so_a_cluster_is_never_stuck() -> None:
+    """Found by review: voters {1,2,3}, learner 4 caught up. Leader 1 appends PROMOTE(4) and is
+    cut off before it leaves; node 2 wins the next term, its NOOP reaches learner 4 only, and
+    node 2 loses its disk. Node 1 needs 4's vote (4's log is newer), node 3 needs 1's (1's log
+    is longer): no leader, ever, unless the learner campaigns (without counting its own vote)
+    and hands over once its first entry commits."""
+    net = Net(RaftCore(i, (1, 2, 3), config(), random.Random(i)) for i in (1, 2, 3))
+    for _ in range(30 * ET):
+        net.tick(1, nodes=[1])  # only 1's clock runs: 1 wins term 1
+        if net[1].is_leader():
+            break
+    net.tick(2)
+    ld = net[1]
+    net.add(joiner(4))
+    ld.propose_conf_change(ConfChange(ADD, 4))
+    net.tick(3, nodes=[1])
+    assert net[4].log.last_index() == ld.log.last_index() == ld.log.commit
+    net.isolate(1)
+    ld.propose_conf_change(ConfChange(PROMOTE, 4))  # stays on node 1 only
+    net.tick(3 * ET, nodes=[1])  # check-quorum: it steps down
+    assert not ld.is_leader()
+    for _ in range(40 * ET):  # only vote traffic between 2 and 3
+        net[2].tick()
+        net[3].tick()
+        net.deliver(lambda m: m.type in VOTES)
+        if net[2].is_leader() or net[3].is_leader():
+            break
+    b = 2 if net[2].is_leader() else 3
+    assert net[b].is_leader()
+    net.deliver(lambda m: m.to == 4)  # its NOOP reaches learner 4 only
+    net.drop()
+    assert net[4].log.last_term() == net[b].term > ld.log.last_term()
+    net.replace(RaftCore(b, (1, 2, 3), config(), random.Random(77), lost_state=True))  # it loses its disk
+    net.heal()
+    net.tick(40 * ET)
+    new = net.leader()
+    assert new is not None and new.id in new.voters, "no voter leads after healing"
+    first, _ = new.propose([b"after"])
+    net.tick(2)
+    assert new.log.commit >= first
+
+
+def test_a_change_right_after_an_election_waits_for_every_voter_to_answer() -> None:
+    """Found by review: voters that have not answered a new leader yet counted as unhealthy, and
+    the strict check refused a change for good (MembershipChangeError, not retryable)."""
+    net = cluster(5)
+    slow = (4, 5)  # alive, just slower to answer
+    new = None
+    for _ in range(40 * ET):
+        for i in (1, 2, 3):
+            net[i].tick()
+        net.deliver(lambda m: m.type in VOTES and m.frm not in slow and m.to not in slow)
+        new = net.leader()
+        if new is not None:
+            break
+    assert new is not None
+    fast = [i for i in (1, 2, 3) if i != new.id]
+    net.deliver(lambda m: m.to not in slow and m.frm not in slow)  # the NOOP commits on {leader, fast}
+    with pytest.raises(ConfChangePending, match="not heard from every voter"):
+        new.propose_conf_change(ConfChange(REMOVE, fast[0]))
+    net.deliver()
+    new.tick()
+    net.deliver()
+    new.propose_conf_change(ConfChange(REMOVE, fast[0]))  # one heartbeat later: accepted

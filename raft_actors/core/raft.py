@@ -228,13 +228,24 @@ class RaftCore:
         return self.role == Role.LEADER
 
     def _promotable(self) -> bool:
-        """Whether this node may campaign: it is a voter of its newest configuration, or it
-        still is one of the configuration as of its commit index, that is, the entry removing
-        it is not known to be committed (Raft dissertation §4.2.2: it may be needed to commit
-        its own removal, see :meth:`_campaign`). Never after losing its state."""
+        """Whether this node may campaign. Never after losing its state. A voter of its newest
+        configuration does. So does a member that is not a voter there but whose log may be the
+        one a cluster needs (:meth:`_campaign` does not count its own vote):
+
+        - a voter whose removal is in its log but not known to be committed (Raft dissertation
+          §4.2.2: it may be needed to commit its own removal; e.g. a leader that appended its
+          removal and was cut off before the entry left it has the longest log);
+        - a learner: its log may be newer than every voter's that can still vote (it got the
+          new leader's first entry, then that leader lost its disk), and voters refuse a
+          candidate with an older log than theirs.
+
+        Such a node that wins leads as a non-voter: it commits its first entry (and with it the
+        configuration) and hands leadership to a caught-up voter at once (:meth:`_leave`).
+        """
         if self._lost_state:
             return False
-        return self.id in self.voters or self.id in self.conf_at(self.log.commit).voters
+        me = self.id
+        return me in self.voters or me in self.learners or me in self.conf_at(self.log.commit).voters
 
     def conf_at(self, index: int) -> ConfState:
         """The configuration as of log index ``index`` (at least the snapshot's)."""
@@ -275,7 +286,7 @@ class RaftCore:
         if self.lead_transferee != NONE:
             raise ProposalDropped(f"leadership transfer to node {self.lead_transferee} in progress")
         if self.id not in self.voters:
-            raise ProposalDropped("this leader is being removed from the cluster")
+            raise ProposalDropped("this leader is not a voter (being removed, or a learner): it hands over shortly")
         first = self.log.last_index() + 1
         term = self.term
         self._append_own([Entry(term, first + i, c) for i, c in enumerate(commands)])
@@ -305,6 +316,10 @@ class RaftCore:
         if conf.voters != self.voters:
             healthy = [v for v in conf.voters if self._healthy(v)]
             if len(healthy) < len(conf.voters) // 2 + 1:
+                if self._leader_ticks <= self.cfg.election_ticks and any(
+                        self.progress[v].heard_at is None for v in conf.voters if v in self.progress and v != self.id):
+                    # a new leader has not heard from every voter yet: ask again in a moment
+                    raise ConfChangePending("the new leader has not heard from every voter yet")
                 raise ConfChangeError(
                     f"{change.type.name.lower()} of node {change.node} would leave voters {conf.voters}, of which only "
                     f"{tuple(healthy)} are healthy (answered within an election timeout, state not lost): a quorum "
@@ -358,6 +373,17 @@ class RaftCore:
             self._send(Message(MsgType.READ_INDEX, self.lead, self.id, self.term, context=context))
         else:
             self._dropped_reads.append(context)
+
+    def persisted(self, index: int, term: int) -> None:
+        """The shell made this node's log durable up to entry ``(index, term)`` (the last entry
+        of a ready it persisted).
+
+        A leader counts itself toward commit only for what it has synced, so it may send its
+        appends before writing them itself (Raft dissertation §10.2.1): followers write in
+        parallel with it, and nothing counts as committed on the strength of its unsynced
+        copy. Ignored if the log no longer holds that entry."""
+        if self.role == Role.LEADER and self.log.term(index) == term and self.progress[self.id].maybe_update(index):
+            self._maybe_commit()
 
     def mark_lost_state(self) -> None:
         """This node had state and lost it (its storage died or was wiped): it may have forgotten
@@ -549,9 +575,9 @@ class RaftCore:
         # a leader elected while its own removal is pending is not a member: it tracks itself too
         for v in {*self.conf.members, self.id}:
             self.progress[v] = Progress(last + 1, self.cfg.max_inflight)
-        me = self.progress[self.id]
-        me.match = last
-        me.become_replicate()
+        # the leader counts itself toward commit for what it has synced (see persisted): its
+        # NOOP's sync tells it, and that covers the whole log before the NOOP
+        self.progress[self.id].become_replicate()
         # Raft §8: a leader commits an entry of its own term before it can know what is committed
         self._append_own([Entry(self.term, last + 1, None, EntryKind.NOOP)])
 
@@ -559,8 +585,6 @@ class RaftCore:
         self.log.append(ents)
         if ents[-1].kind == EntryKind.CONFIG:
             self._scan_confs(ents[-1].index)
-        self.progress[self.id].maybe_update(self.log.last_index())
-        self._maybe_commit()
         self._bcast_pending = True
 
     # ------------------------------------------------------------------ elections
@@ -770,10 +794,10 @@ class RaftCore:
                 pr.become_replicate()
             if m.frm in self._catchups:
                 self._check_catchup(m.frm)
-            if self._maybe_commit():
-                self._bcast_pending = True
-                if self.role != Role.LEADER:
-                    return
+            # a commit alone is not broadcast: the commit index rides on the next append or
+            # heartbeat, so it never takes a follower's call slot nor delays a client's answer
+            if self._maybe_commit() and self.role != Role.LEADER:
+                return
             while self._send_append(m.frm, send_if_empty=False):
                 pass
             if m.frm == self.lead_transferee and pr.match == self.log.last_index():
