@@ -29,7 +29,7 @@ from raft_actors.storage import FileStorage
 
 from .common import environment, fresh_cluster, init_ray, pyplot, show
 
-_NO_SNAPSHOTS = {"snapshot_entries": 0, "snapshot_bytes": 0}
+_NO_SNAPSHOTS = {"snapshot_commands": 0, "snapshot_bytes": 0}
 
 
 def _followers(cluster: RaftCluster) -> list[int]:
@@ -141,11 +141,11 @@ def recovery_time(entries: int = 100_000, repeats: int = 3) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def long_run(ops: int = 1_000_000, snapshot_entries: int = 100_000, keys: int = 10_000,
+def long_run(ops: int = 1_000_000, snapshot_commands: int = 100_000, keys: int = 10_000,
              interval: float = 0.25) -> pd.DataFrame:
     """Disk and memory of every node, sampled through a run of ``ops`` writes over ``keys``
-    keys, with a snapshot and compaction every ``snapshot_entries`` entries."""
-    cfg = RaftConfig(snapshot_entries=snapshot_entries, **({} if snapshot_entries else {"snapshot_bytes": 0}))
+    keys, with a snapshot and compaction every ``snapshot_commands`` entries."""
+    cfg = RaftConfig(snapshot_commands=snapshot_commands, **({} if snapshot_commands else {"snapshot_bytes": 0}))
     samples: list[dict[str, Any]] = []
     done = [0]
     with fresh_cluster(3, cfg) as cl:
@@ -206,7 +206,7 @@ def large_snapshot(state_mib: int = 100, chunk_mib: float = 1.0) -> pd.DataFrame
     """A follower that was down while ``state_mib`` MiB were written catches up by a snapshot
     streamed in chunks: how long taking and sending it take, and whether the leader's loop (its
     heartbeats) stalls meanwhile, seen as the round trip of calls to it, and any election."""
-    cfg = RaftConfig(snapshot_entries=0, snapshot_bytes=0, keep_entries=0, snapshot_chunk_bytes=int(chunk_mib * 2**20))
+    cfg = RaftConfig(snapshot_commands=0, snapshot_bytes=0, keep_bytes=0, snapshot_chunk_bytes=int(chunk_mib * 2**20))
     rows = []
     with fresh_cluster(3, cfg) as cl:
         leader = cl.leader()
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(a.out, exist_ok=True)
     started = init_ray(a.address)
     config = {"ops": ops, "recovery_entries": entries, "throughput_seconds": seconds, "value_bytes": 16,
-              "snapshot_entries": 100_000 if not a.quick else 20_000, "snapshot_state_mib": 10 if a.quick else 100}
+              "snapshot_commands": 100_000 if not a.quick else 20_000, "snapshot_state_mib": 10 if a.quick else 100}
     results: dict[str, pd.DataFrame] = {}
     want = {a.only} if a.only else {"fsync", "recovery", "large_snapshot", "long_run"}
     if "fsync" in want:
@@ -324,12 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         results["large_snapshot"] = large_snapshot(config["snapshot_state_mib"])
         show("a follower catches up by a large snapshot", results["large_snapshot"])
     if "long_run" in want:
-        run = results["long_run"] = long_run(ops, snapshot_entries=config["snapshot_entries"])
+        run = results["long_run"] = long_run(ops, snapshot_commands=config["snapshot_commands"])
         results["compactions"] = compaction_table(run)
         show(f"disk and memory around each compaction ({ops:,} ops in {run.attrs['seconds']:.0f} s)",
               results["compactions"])
-        off = results["long_run_no_snapshots"] = long_run(ops, snapshot_entries=0)
-        runs = {f"snapshot every {config['snapshot_entries']:,} entries": run, "no snapshots": off}
+        off = results["long_run_no_snapshots"] = long_run(ops, snapshot_commands=0)
+        runs = {f"snapshot every {config['snapshot_commands']:,} entries": run, "no snapshots": off}
         results["end_state"] = end_state(runs)
         show("the leader at the end of the run, with and without snapshots", results["end_state"])
         if _plot(runs, os.path.join(a.out, "long_run.png")):

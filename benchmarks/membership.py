@@ -53,7 +53,7 @@ def membership_timeline(preload: int = 50_000, runs: int = 1, value_bytes: int =
     measured here unless given."""
     rtt_s = (rtt_ms or ray_baseline(samples=200, pipelined=500).rtt_ms) / 1000
     rows = []
-    cfg = RaftConfig(snapshot_entries=max(1000, preload * 2 // 5), keep_entries=max(100, preload // 50))
+    cfg = RaftConfig(snapshot_commands=max(1000, preload * 2 // 5), keep_bytes=max(10_000, preload * 2))
     for run in range(runs):
         with fresh_cluster(3, cfg) as cl:
             client = cl.client()

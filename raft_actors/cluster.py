@@ -17,6 +17,7 @@ import cloudpickle
 import pandas as pd
 import ray
 
+from .channel import Channel
 from .client import AsyncRaftClient, RaftClient
 from .config import RaftConfig
 from .core.membership import ConfState
@@ -30,7 +31,7 @@ from .errors import (
     NotLeaderError,
     RaftTimeoutError,
 )
-from .node import RaftNode, node_actor_name
+from .node import CONCURRENCY_GROUPS, RaftNode, node_actor_name
 from .placement import Placement, choose_slots, slot_options
 from .state_machines import KVStore
 
@@ -136,7 +137,8 @@ class RaftCluster:
         config = config or RaftConfig()
         owns_ray = _init_ray(address, namespace)
         name = name or f"raft-{uuid.uuid4().hex[:8]}"
-        options = {"num_cpus": 0, "max_restarts": 10, "max_task_retries": 0, "max_concurrency": 10_000}
+        # a threaded actor: its methods run on the threads of their concurrency group (see node.py)
+        options = {"num_cpus": 0, "max_restarts": 10, "max_task_retries": 0, "max_concurrency": 2}
         options.update(actor_options or {})
         sm = cloudpickle.dumps(state_machine)
         root = None
@@ -227,7 +229,7 @@ class RaftCluster:
         if ids is None:
             ids = self._bootstrap.get(node_id, [])
         slot = self._slots.get(node_id)
-        actor_cls = ray.remote(RaftNode).options(
+        actor_cls = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(RaftNode).options(
             name=node_actor_name(self.name, node_id), namespace=self.namespace, lifetime="detached",
             **{**self._actor_options, **slot_options(slot)},
         )
@@ -269,17 +271,23 @@ class RaftCluster:
         return results
 
     # ------------------------------------------------------------------ clients
+    @property
+    def channel(self) -> Channel:
+        """This process's channel to the cluster, shared by all its clients."""
+        return Channel.of(self._live_nodes, self.config, self._is_closed)
+
     def client(self) -> RaftClient:
-        """A new blocking client session (thread-safe)."""
+        """A new blocking client session (thread-safe). Sessions are cheap: every client of a
+        process shares one channel to the cluster."""
         self._check_open()
-        c = RaftClient(self._live_nodes, self.config, self._is_closed)
+        c = RaftClient(self._live_nodes, self.config, self._is_closed, self.channel)
         self._clients.add(c)
         return c
 
     def async_client(self) -> AsyncRaftClient:
-        """A new asyncio client session, for use in one event loop."""
+        """A new asyncio client session (usable from any event loop)."""
         self._check_open()
-        return AsyncRaftClient(self._live_nodes, self.config, self._is_closed)
+        return AsyncRaftClient(self._live_nodes, self.config, self._is_closed, self.channel)
 
     def _live_nodes(self) -> dict[int, Any]:
         return dict(self._nodes)
@@ -656,7 +664,7 @@ class RaftCluster:
 
     def snapshot(self, node_id: int | None = None) -> dict[int, SnapshotMeta | None]:
         """Make nodes (all live ones by default) snapshot their state machine and compact their
-        log now, as they do by themselves past ``RaftConfig.snapshot_entries``."""
+        log now, as they do by themselves past ``RaftConfig.snapshot_commands``."""
         if node_id is not None:
             self._check(node_id)
             return {node_id: ray.get(self._nodes[node_id].take_snapshot.remote(), timeout=_STATUS_TIMEOUT * 30)}
@@ -678,6 +686,7 @@ class RaftCluster:
         self._closed = True
         for c in list(self._clients):
             c.close()
+        self.channel.close()
         if delete_data and self.data_dir is not None:
             self._call_all(lambda i, h: h.destroy_data.remote())
             shutil.rmtree(self.data_dir, ignore_errors=True)  # what dead nodes left on this machine

@@ -25,14 +25,17 @@ class RaftConfig(CoreConfig):
     tick_interval: float = 0.03
     #: default deadline, in seconds, of one client call (retries included)
     request_timeout: float = 10.0
-    #: a node snapshots its state machine and compacts its log once this many entries were
-    #: applied since its last snapshot (0: never by count)
-    snapshot_entries: int = 100_000
+    #: most requests in one Ray call of a client channel (larger loads pipeline in several calls)
+    client_batch: int = 512
+    #: a node snapshots its state machine and compacts its log once this many client commands
+    #: were applied since its last snapshot (however they were batched into log entries; 0:
+    #: never by count)
+    snapshot_commands: int = 100_000
     #: ... or once the commands applied since its last snapshot add up to this many bytes (0: never by size)
     snapshot_bytes: int = 64 * 2**20
-    #: entries kept before the snapshot when compacting, so a follower only a little behind
-    #: catches up from the log rather than by a whole snapshot
-    keep_entries: int = 5_000
+    #: bytes of commands kept in the log before the snapshot when compacting, so a follower only
+    #: a little behind catches up from the log rather than by a whole snapshot
+    keep_bytes: int = 4 * 2**20
     #: a snapshot travels to a lagging follower in chunks of this many bytes, one at a time
     snapshot_chunk_bytes: int = 2**20
     #: client sessions (the table that applies each write once) kept by every replica; beyond
@@ -47,7 +50,9 @@ class RaftConfig(CoreConfig):
             raise ValueError("tick_interval must be positive")
         if self.request_timeout <= 0:
             raise ValueError("request_timeout must be positive")
-        if min(self.snapshot_entries, self.snapshot_bytes, self.keep_entries) < 0:
-            raise ValueError("snapshot_entries, snapshot_bytes and keep_entries must be >= 0")
+        if self.client_batch < 1:
+            raise ValueError("client_batch must be >= 1")
+        if min(self.snapshot_commands, self.snapshot_bytes, self.keep_bytes) < 0:
+            raise ValueError("snapshot_commands, snapshot_bytes and keep_bytes must be >= 0")
         if self.snapshot_chunk_bytes < 1 or self.wal_segment_bytes < 1 or self.max_sessions < 1:
             raise ValueError("snapshot_chunk_bytes, wal_segment_bytes and max_sessions must be >= 1")

@@ -1,27 +1,41 @@
-"""The wire format between clients and nodes: request envelopes and per-request outcomes."""
+"""The wire format between clients and nodes, and what a log entry of client requests holds.
+
+A client call carries *parts*: each part is a run of requests of one client session, sent
+together. A part is the tuple ``(client_id, seq, ack, count, blob)``:
+
+- ``client_id``: the session (``None`` with ``blob=None``: the part opens a new session);
+- ``seq``: the sequence number of the part's first command (the others follow one by one), or a
+  tuple naming each command's sequence number;
+- ``ack``: the client will never retry a request of this session with a lower sequence number,
+  so replicas may drop those results;
+- ``count``: how many requests the part holds (so a part that cannot be decoded can still be
+  answered request by request);
+- ``blob``: the commands, pickled once by the caller.
+
+A read call carries ``(count, blob)`` parts of queries.
+
+A whole call (a list of parts) is pickled once more around the blobs, which costs a copy of
+bytes. The leader puts what it accepts into *one* log entry: the call's own bytes when it
+accepts every request, so a batch is encoded once, by the client, for the leader's log, the
+followers and every replica's apply. Answers come back as one :func:`encode_results` value for
+the whole call, in request order.
+"""
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import cloudpickle
 
 from .errors import CommandError, CommandRejectedError
 
+#: a run of requests of one session: ``(client_id, seq or seqs, ack, count, blob)`` (see the module doc)
+Part = tuple[Any, "int | tuple[int, ...]", int, int, "bytes | None"]
 
-class Request(NamedTuple):
-    """A client command as it sits in the log.
-
-    ``(client_id, seq)`` identifies it for exactly-once application; ``client_id`` is a session
-    the cluster opened for the client (see :func:`encode_register`). ``ack`` says the client
-    will never retry any of its requests with a lower ``seq``, so their results can be dropped.
-    """
-
-    client_id: Any
-    seq: int
-    ack: int
-    command: Any
+#: the part that opens a session; its result is the new session's id
+OPEN_SESSION: Part = (None, 0, 0, 1, None)
 
 
 class Outcome(NamedTuple):
@@ -31,58 +45,73 @@ class Outcome(NamedTuple):
     value: Any
 
 
-_SCALARS = frozenset({str, bytes, int, float, bool, type(None)})
-_CONTAINERS = frozenset({tuple, list, frozenset, set})
+def dumps(obj: Any) -> bytes:
+    """Serialize a batch for a Ray call (one ``bytes`` argument is the cheapest thing to send)."""
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _builtin_only(obj: Any, depth: int = 0) -> bool:
-    """Whether ``obj`` is made of built-in scalars and containers only (plain pickle carries
-    it anywhere, at a fraction of cloudpickle's cost)."""
-    t = type(obj)
-    if t in _SCALARS:
-        return True
-    if depth > 8:
-        return False
-    if t in _CONTAINERS:
-        return all(_builtin_only(x, depth + 1) for x in obj)
-    if t is dict:
-        return all(_builtin_only(k, depth + 1) and _builtin_only(v, depth + 1) for k, v in obj.items())
-    return False
+loads = pickle.loads
+
+_MAIN = b"__main__"
 
 
-def encode_request(client_id: Any, seq: int, ack: int, command: Any) -> bytes:
-    """Serialize a request; cloudpickle carries classes and functions defined in ``__main__``
-    (commands of built-in types only take plain pickle, which is several times faster)."""
-    if _builtin_only(command) and _builtin_only(client_id):
-        return pickle.dumps((client_id, seq, ack, command), protocol=pickle.HIGHEST_PROTOCOL)
+def encode_values(values: Sequence[Any], what: str = "command") -> bytes:
+    """Pickle a run of commands or queries once.
+
+    Plain pickle carries everything importable anywhere; what is defined in the caller's own
+    script or notebook (``__main__``) only cloudpickle can carry to another process, so the
+    batch is pickled again with cloudpickle exactly when plain pickle names ``__main__``.
+    Raises :class:`CommandRejectedError` for a value that cannot be pickled at all.
+    """
     try:
-        return cloudpickle.dumps(Request(client_id, seq, ack, command), protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - e.g. a lambda or a local class: cloudpickle may manage
+        data = _MAIN
+    if _MAIN not in data:
+        return data
+    try:
+        return cloudpickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
-        raise CommandRejectedError(f"command cannot be serialized: {type(exc).__name__}: {exc}") from exc
+        raise CommandRejectedError(f"{what} cannot be serialized: {type(exc).__name__}: {exc}") from exc
 
 
-def encode_register() -> bytes:
-    """The request that opens a client session: committed like a write, its result is the new
-    session's id (the index of its log entry, so ids are never reused)."""
-    return dumps(Request(None, 0, 0, None))
+def decode_call(payload: bytes) -> list[Part]:
+    """The parts of a client call (the outer list only: blobs stay encoded)."""
+    return loads(payload)
 
 
-def encode_query(query: Any) -> bytes:
-    """Serialize a query (as commands are)."""
-    if _builtin_only(query):
-        return pickle.dumps(query, protocol=pickle.HIGHEST_PROTOCOL)
+def seqs_of(seq: int | tuple[int, ...], count: int) -> Sequence[int]:
+    """The sequence numbers of a part's ``count`` commands (``seq``: the first, or all)."""
+    return range(seq, seq + count) if isinstance(seq, int) else seq
+
+
+def encode_results(outcomes: Sequence[Outcome]) -> bytes:
+    """The answers of a call, in request order, as ``(values, errors)``: ``values[i]`` is the
+    result of request ``i`` (``None`` where it failed), ``errors`` maps the position of each
+    failed request to its exception. A value that cannot be pickled becomes a CommandError."""
+    values = [o.value if o.ok else None for o in outcomes]
+    errors = {i: o.value for i, o in enumerate(outcomes) if not o.ok}
     try:
-        return cloudpickle.dumps(query, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise CommandRejectedError(f"query cannot be serialized: {type(exc).__name__}: {exc}") from exc
-
-
-def encode_outcomes(outcomes: list[Outcome]) -> bytes:
-    """Serialize a batch of outcomes; one whose value cannot be pickled becomes a CommandError."""
-    try:
-        return dumps(outcomes)
+        return dumps((values, errors))
     except Exception:  # noqa: BLE001 - find which ones, and replace only those
-        return dumps([picklable_outcome(o) for o in outcomes])
+        fixed = [picklable_outcome(o) for o in outcomes]
+        return dumps(([o.value if o.ok else None for o in fixed], {i: o.value for i, o in enumerate(fixed) if not o.ok}))
+
+
+def decode_results(data: bytes) -> tuple[list[Any], dict[int, BaseException]]:
+    """Inverse of :func:`encode_results`."""
+    return loads(data)
+
+
+def outcomes_of(data: bytes) -> list[Outcome]:
+    """An answer of :func:`encode_results` as one :class:`Outcome` per request (tests, tools)."""
+    values, errors = loads(data)
+    return [Outcome(False, errors[i]) if i in errors else Outcome(True, v) for i, v in enumerate(values)]
+
+
+def results_of(outcomes: Sequence[Outcome]) -> tuple[list[Any], dict[int, BaseException]]:
+    """The same ``(values, errors)`` value without the round trip through pickle."""
+    return [o.value if o.ok else None for o in outcomes], {i: o.value for i, o in enumerate(outcomes) if not o.ok}
 
 
 def picklable_outcome(outcome: Outcome) -> Outcome:
@@ -94,13 +123,15 @@ def picklable_outcome(outcome: Outcome) -> Outcome:
         return Outcome(False, err)
 
 
-def decode_request(data: bytes) -> Request:
-    return Request(*pickle.loads(data))
+def request_call(client_id: Any, seq: int, ack: int, *commands: Any) -> bytes:
+    """A call of one session's requests (tests and tools that talk to a node directly)."""
+    return dumps([(client_id, seq, ack, len(commands), encode_values(list(commands)))])
 
 
-def dumps(obj: Any) -> bytes:
-    """Serialize a batch for a Ray call (one ``bytes`` argument is the cheapest thing to send)."""
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+def query_call(*queries: Any) -> bytes:
+    """A read call of the given queries (tests and tools that talk to a node directly)."""
+    return dumps([(len(queries), encode_values(list(queries)))])
 
 
-loads = pickle.loads
+#: a call that opens one session
+OPEN_SESSION_CALL = dumps([OPEN_SESSION])

@@ -1,18 +1,38 @@
 """The Ray actor that hosts one Raft node: a thin shell around a :class:`~raft_actors.replica.Replica`.
 
-It owns the tick loop (real time), the transport (Ray calls to peers) and the asyncio futures
-of client requests; the protocol, persistence order and application live in the replica.
+A node is a *threaded* Ray actor (a Ray call to a threaded actor costs less than to an asyncio
+one; measured in ``benchmarks/user_paths.py``). Its methods run on Ray's threads, grouped so
+that one kind of call never waits for another kind:
+
+- ``peer`` (:meth:`RaftNode.receive`, :meth:`RaftNode.receive_snapshot`): Raft messages;
+- ``client`` (:meth:`RaftNode.submit`, :meth:`RaftNode.read`): client calls, which wait until
+  their entries are applied;
+- ``admin``: status, faults, membership and the rest.
+
+Three threads of its own:
+
+- the Raft side is run by whichever thread has work for it (*flat combining*): a thread posts
+  its work (messages, a proposal, a tick) and, if nobody is running the Raft side, runs it
+  itself, for everything posted meanwhile too, then persists and sends once for all of it
+  (group commit: one fsync for everything that arrived while the last one ran);
+- the **timer** thread ticks the core, runs the work Ray's callback threads hand over (peer
+  answers) and sends delayed messages;
+- the **apply** thread owns the state machine: it applies committed entries, answers clients
+  and serves reads, so a slow command never delays a heartbeat or a vote.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import random
 import shutil
+import sys
+import threading
 import time
 import warnings
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -21,19 +41,59 @@ import ray
 from .config import RaftConfig
 from .core import ConfChange, ConfChangeType, HardState, Message, MsgType, NotLeader
 from .core.messages import SnapshotMeta
-from .envelope import Outcome, dumps, encode_outcomes, loads
+from .envelope import Outcome, decode_call, dumps, encode_results, loads
 from .errors import CommandRejectedError, NotLeaderError
 from .lost_state import has_lost_state
 from .replica import Replica
 from .storage import FileStorage, MemoryStorage
 from .storage.metered import MeteredStorage
-from .transport import Transport
+from .transport import Transport, decode_messages, encode_messages
 
 log = logging.getLogger(__name__)
 
+#: Ray concurrency groups of a node actor's methods: threads per group
+CONCURRENCY_GROUPS = {"peer": 16, "client": 128, "admin": 8}
+
+
+class _Work:
+    """Something for the Raft side to do, posted by a thread that may wait for it to be done."""
+
+    __slots__ = ("done", "fn", "replies", "sender")
+
+    def __init__(self, fn: Callable[[], None], sender: int = 0, wait: bool = True):
+        self.fn = fn
+        self.sender = sender  # a peer whose messages come back in ``replies`` instead of by call
+        self.replies: list[Message] = []
+        self.done = threading.Lock() if wait else None
+        if wait:
+            self.done.acquire()
+
+
+class _Answer:
+    """A client call's outcome, waited for on the calling thread (a one-shot lock)."""
+
+    __slots__ = ("given", "lock", "value")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.value: Any = None
+        self.given = False
+
+    def __call__(self, value: Any) -> None:
+        if not self.given:
+            self.given = True
+            self.value = value
+            self.lock.release()
+
+    def wait(self) -> Any:
+        self.lock.acquire()
+        return self.value
+
 
 class RaftNode:
-    """One Raft node. Created by :class:`~raft_actors.cluster.RaftCluster` as an async Ray actor.
+    """One Raft node. Created by :class:`~raft_actors.cluster.RaftCluster` as a threaded Ray
+    actor with :data:`CONCURRENCY_GROUPS`.
 
     Args:
         node_id: this node's id.
@@ -67,6 +127,8 @@ class RaftNode:
         with warnings.catch_warnings():  # Ray's property trips its own deprecation warning
             warnings.simplefilter("ignore", DeprecationWarning)
             reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+        # hand the GIL over sooner: the Raft side, the apply thread and Ray's threads take turns
+        sys.setswitchinterval(0.001)
         self.node_id = node_id
         self.config = config
         self.cluster_name = cluster_name
@@ -79,17 +141,27 @@ class RaftNode:
         # whether this node stored anything here before (checked without creating anything)
         self._had_state = data_dir is not None and FileStorage.holds_state(data_dir)
         self._ran_before = reconstructed or restarted
-        self._snapshotting: asyncio.Task | None = None
         self.snapshot_timing: dict[str, float] = {}
         self._snapshots_in: dict[int, tuple[int, SnapshotMeta, bytearray]] = {}  # sender -> (term, meta, data so far)
+        self._snapshots_lock = threading.Lock()
         self.snapshot_chunks_received = 0
         self.snapshots_received = 0
         self._closed = False
-        self._ready_scheduled = False
-        self._tasks: list[asyncio.Task] = []
+        self._started = threading.Event()
+        # the Raft side: posted work, and who runs it
+        self._inbox: deque[_Work] = deque()
+        self._deferred: deque[Callable[[], None]] = deque()  # for the timer thread, off the Raft side
+        self._raft = threading.Lock()
+        self._wakeup = threading.Condition()
+        self._timer_pending = False
+        self._apply_wakeup = threading.Condition()
+        self._apply_pending = False
+        self._snapshot_waiters: list[_Answer] = []
+        self._threads: list[threading.Thread] = []
         self.transport = Transport(
             node_id, self._lookup_peer, self._on_reply, snapshot_source=self._snapshot_to_send,
-            on_snapshot_done=self._on_snapshot_done, chunk_bytes=config.snapshot_chunk_bytes,
+            on_snapshot_done=self._on_snapshot_done, chunk_bytes=config.snapshot_chunk_bytes, max_calls=2,
+            defer=self._defer,
         )
         if reconstructed or not wait_for_start:
             self._start(others_hold_state)
@@ -106,28 +178,34 @@ class RaftNode:
         )
         self.replica = Replica(
             self.node_id, self._voters, self.config, self.storage, cloudpickle.loads(self._state_machine)(),
-            random.Random(), lost_state=lost_state,
+            random.Random(), lost_state=lost_state, inline_apply=False,
         )
-        self.replica.background_snapshots = True  # see _snapshot: the file is written off the loop
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._tick_loop())]
-        self._kick()
+        self.replica.on_apply_work = self._wake_apply
+        self.replica.on_snapshot_prepared = self._snapshot_prepared
+        for name, target in (("raft-timer", self._timer_loop), ("raft-apply", self._apply_loop)):
+            t = threading.Thread(target=target, name=f"{name}-{self.node_id}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._started.set()
+        self._post(lambda: None)  # the first ready: what the log replay committed
 
     def _snapshot_to_send(self) -> Any:
         return self.replica.snapshot_to_send()
 
     @property
     def _running(self) -> bool:
-        return bool(self._tasks) and not self._closed
+        return self._started.is_set() and not self._closed
 
-    async def has_state(self) -> bool:
+    @ray.method(concurrency_group="admin")
+    def has_state(self) -> bool:
         """Whether this node stored anything in its data directory before this start."""
         return self._had_state
 
-    async def start(self, others_hold_state: bool) -> None:
+    @ray.method(concurrency_group="admin")
+    def start(self, others_hold_state: bool) -> None:
         """Start a node created with ``wait_for_start``; ``others_hold_state``: other nodes of
         the cluster hold state (so this one, if it holds none, lost it)."""
-        if not self._tasks:
+        if not self._started.is_set():
             self._start(others_hold_state)
 
     def _lookup_peer(self, peer: int) -> Any:
@@ -136,92 +214,188 @@ class RaftNode:
         except ValueError:
             return None
 
-    # ------------------------------------------------------------------ loops
-    async def _tick_loop(self) -> None:
-        interval = self.config.tick_interval
-        loop = asyncio.get_running_loop()
-        next_tick = loop.time() + interval
-        while True:
-            await asyncio.sleep(max(0.0, next_tick - loop.time()))
-            next_tick = max(next_tick + interval, loop.time())
-            self._guard(self.replica.tick)
-            self._kick()
+    # ------------------------------------------------------------------ the Raft side
+    def _post(self, fn: Callable[[], None], sender: int = 0) -> list[Message] | None:
+        """Run ``fn`` on the Raft side (with everything else posted meanwhile), then persist and
+        send; returns the messages for ``sender``, which its caller answers with, or ``None``
+        if the node stopped before ``fn`` could run."""
+        work = _Work(fn, sender)
+        self._inbox.append(work)
+        self._drain()
+        work.done.acquire()  # already released if this thread ran it
+        return None if work.fn is None else work.replies
 
-    def _kick(self) -> None:
-        """Process what is ready soon: once for everything that arrives in this turn of the
-        event loop (one fsync for all of it), before the loop waits for more."""
-        if not self._ready_scheduled:
-            self._ready_scheduled = True
-            asyncio.get_running_loop().call_soon(self._process_ready)
+    def _defer(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the timer thread, outside the Raft side (work that may block)."""
+        self._deferred.append(fn)
+        with self._wakeup:
+            self._timer_pending = True
+            self._wakeup.notify()
 
-    def _process_ready(self) -> None:
-        self._ready_scheduled = False
-        if not self._closed:
-            self._guard(lambda: self.transport.send(self.replica.process_ready()))
-            self._maybe_snapshot()
+    def _post_later(self, fn: Callable[[], None]) -> None:
+        """Hand ``fn`` to the timer thread (from a thread that must not block, e.g. Ray's)."""
+        self._inbox.append(_Work(fn, wait=False))
+        with self._wakeup:
+            self._timer_pending = True
+            self._wakeup.notify()
 
-    def _maybe_snapshot(self) -> None:
-        if self._snapshotting is None and self.replica.snapshot_due and not self._closed:
-            self._snapshotting = asyncio.get_running_loop().create_task(self._snapshot())
+    def _drain(self) -> None:
+        """Flat combining: run the Raft side for all posted work unless another thread is."""
+        inbox = self._inbox
+        while inbox:
+            if not self._raft.acquire(blocking=False):
+                return  # the thread running it will see our work (it checks after releasing)
+            try:
+                batch = []
+                while inbox:
+                    batch.append(inbox.popleft())
+                self._run(batch)
+            finally:
+                self._raft.release()
 
-    async def _snapshot(self) -> SnapshotMeta | None:
-        """Take a snapshot: serialize the state machine on the loop (it must not change
-        meanwhile), write and fsync the file in a thread (the loop goes on with heartbeats and
-        the log), then adopt it and compact the log on the loop."""
+    def _run(self, batch: list[_Work]) -> None:
+        senders: dict[int, _Work] = {}
         try:
-            t0 = time.perf_counter()
-            prepared = self.replica.prepare_snapshot()
-            if prepared is None:
-                return None
-            meta, data = prepared
+            for w in batch:
+                if self._closed:
+                    w.fn = None  # type: ignore[assignment]  # not run: the node stopped
+                    continue
+                w.fn()
+                if w.sender:
+                    senders[w.sender] = w
+            if not self._closed:
+                self.replica.process_ready(self._sender(senders) if senders else self.transport.send)
+        except BaseException:
+            # An invariant broke: stop at once (fail-stop) rather than run on with bad state.
+            log.exception("node %s: internal error, exiting", self.node_id)
+            os._exit(70)
+        finally:
+            for w in batch:
+                if w.done is not None:
+                    w.done.release()
+
+    def _sender(self, callers: dict[int, _Work]) -> Callable[[list[Message]], None]:
+        """Send messages, except those for a peer whose call is being answered: they go back
+        as that call's return value (a snapshot travels on its own, in chunks)."""
+        def send(messages: list[Message]) -> None:
+            rest = []
+            for m in messages:
+                w = callers.get(m.to)
+                if w is not None and m.type != MsgType.SNAPSHOT:
+                    w.replies.append(m)
+                else:
+                    rest.append(m)
+            if rest:
+                self.transport.send(rest)
+        return send
+
+    def _timer_loop(self) -> None:
+        interval = self.config.tick_interval
+        next_tick = time.monotonic() + interval
+        while not self._closed:
+            with self._wakeup:
+                if not self._timer_pending:
+                    self._wakeup.wait(max(0.0, min(next_tick - time.monotonic(), 0.05)))
+                self._timer_pending = False
+            while self._deferred:
+                try:
+                    self._deferred.popleft()()
+                except Exception:
+                    log.exception("node %s: deferred work failed", self.node_id)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = max(next_tick + interval, now)
+                self._inbox.append(_Work(self._tick, wait=False))
+            self._drain()
+            self.transport.due()
+
+    def _tick(self) -> None:
+        self.replica.tick()
+
+    # ------------------------------------------------------------------ the apply side
+    def _wake_apply(self) -> None:
+        with self._apply_wakeup:
+            self._apply_pending = True
+            self._apply_wakeup.notify()
+
+    def _apply_loop(self) -> None:
+        replica = self.replica
+        while not self._closed:
+            with self._apply_wakeup:
+                while not self._apply_pending and not self._closed:
+                    self._apply_wakeup.wait(0.5)
+                self._apply_pending = False
+            try:
+                replica.apply_pending()
+            except BaseException:
+                log.exception("node %s: the apply side failed, exiting", self.node_id)
+                os._exit(71)
+
+    def _snapshot_prepared(self, prepared: tuple[SnapshotMeta, Any] | None) -> None:
+        """Apply side: a snapshot was prepared (``None``: there was nothing new, or it failed);
+        write it in a thread of its own, then adopt it and compact the log on the Raft side."""
+        if prepared is None:
+            self._snapshot_finished(None)
+            return
+        meta, data = prepared
+        t0 = time.perf_counter()
+
+        def write() -> None:
             t1 = time.perf_counter()
             try:
-                staged = await asyncio.to_thread(self.replica.storage.stage_snapshot, meta, data)
+                staged = self.replica.storage.stage_snapshot(meta, data)
             except OSError:
                 log.exception("node %s: could not write a snapshot; the log is not compacted", self.node_id)
-                self.replica.snapshot_failed()
-                return None
+                self._post_later(self.replica.snapshot_failed)
+                self._snapshot_finished(None)
+                return
+            t2 = time.perf_counter()
             done: list[SnapshotMeta | None] = [None]
 
             def finish() -> None:
                 done[0] = self.replica.finish_snapshot(meta, data, staged)
 
-            t2 = time.perf_counter()
             if not self._closed:
-                self._guard(finish)
-            # on the loop: prepare and finish; in a thread: write
+                self._post(finish)
             self.snapshot_timing = {"snapshot_prepare_ms": (t1 - t0) * 1e3, "snapshot_write_ms": (t2 - t1) * 1e3,
                                     "snapshot_finish_ms": (time.perf_counter() - t2) * 1e3}
-            return done[0]
-        finally:
-            self._snapshotting = None
+            self._snapshot_finished(done[0])
 
-    def _guard(self, fn: Any) -> None:
-        try:
-            fn()
-        except BaseException:
-            # An invariant broke: stop at once (fail-stop) rather than run on with bad state.
-            log.exception("node %s: internal error, exiting", self.node_id)
-            os._exit(70)
+        threading.Thread(target=write, name=f"snapshot-write-{self.node_id}", daemon=True).start()
+
+    def _snapshot_finished(self, meta: SnapshotMeta | None) -> None:
+        waiters, self._snapshot_waiters = self._snapshot_waiters, []
+        for w in waiters:
+            w(meta if meta is not None else False)
 
     # ------------------------------------------------------------------ peer RPC
-    async def connect(self, peers: dict[int, Any]) -> None:
+    @ray.method(concurrency_group="admin")
+    def connect(self, peers: dict[int, Any]) -> None:
         """Give this node the handles of its peers (again after a peer is replaced)."""
         self.transport.set_peers(peers)
 
-    async def receive(self, sender: int, payload: bytes) -> bytes | None:
-        """Raft messages from a peer (one pickled batch).
+    @ray.method(concurrency_group="peer")
+    def receive(self, sender: int, payload: bytes) -> bytes | None:
+        """Raft messages from a peer (one encoded batch).
 
         Handles them at once (persisting before anything is sent) and returns this node's
-        messages for ``sender`` as one pickled batch; others go out through the transport.
+        messages for ``sender`` as one encoded batch; others go out through the transport.
         """
         if not self._running or not self.transport.allows(sender):
             return None
-        self._step_all(payload)
-        return self._answer(sender)
+        msgs = decode_messages(payload)
+        step = self.replica.step
 
-    async def receive_snapshot(self, sender: int, term: int, meta: SnapshotMeta, offset: int, size: int,
-                               chunk: bytes, done: bool) -> bytes | bool | None:
+        def handle() -> None:
+            for m in msgs:
+                step(m)
+
+        replies = self.transport.faulty(self._post(handle, sender) or [])
+        return encode_messages(replies) if replies else None
+
+    @ray.method(concurrency_group="peer")
+    def receive_snapshot(self, sender: int, term: int, meta: SnapshotMeta, offset: int, size: int,
+                         chunk: bytes, done: bool) -> bytes | bool | None:
         """One chunk of the leader's snapshot (InstallSnapshot), sent in order, one at a time.
 
         Returns ``True`` for a chunk taken, ``False`` for one out of order (the sender gives up
@@ -230,121 +404,134 @@ class RaftNode:
         """
         if not self._running or not self.transport.allows(sender):
             return None
-        if offset == 0:  # a new transfer: any unfinished one (an earlier leader's) is dropped
-            self._snapshots_in = {sender: (term, meta, bytearray())}
-        got = self._snapshots_in.get(sender)
-        if got is None or got[0] != term or got[1] != meta or len(got[2]) != offset:
-            self._snapshots_in.pop(sender, None)
-            return False
-        got[2].extend(chunk)
-        self.snapshot_chunks_received += 1
-        if not done:
-            return True
-        del self._snapshots_in[sender]
+        with self._snapshots_lock:
+            if offset == 0:  # a new transfer: any unfinished one (an earlier leader's) is dropped
+                self._snapshots_in = {sender: (term, meta, bytearray())}
+            got = self._snapshots_in.get(sender)
+            if got is None or got[0] != term or got[1] != meta or len(got[2]) != offset:
+                self._snapshots_in.pop(sender, None)
+                return False
+            got[2].extend(chunk)
+            self.snapshot_chunks_received += 1
+            if not done:
+                return True
+            del self._snapshots_in[sender]
         if len(got[2]) != size:
             return False
         self.snapshots_received += 1
         msg = Message(MsgType.SNAPSHOT, self.node_id, sender, term, snapshot=meta)
-        self._guard(lambda: self.replica.install_snapshot(msg, bytes(got[2])))
-        return self._answer(sender) or dumps([])
-
-    def _answer(self, sender: int) -> bytes | None:
-        """Process what is ready; this node's messages for ``sender`` come back as one batch."""
-        replies: list = []
-
-        def handle() -> None:
-            out = self.replica.process_ready()
-            # a snapshot travels on its own (in chunks, with its state): never in a reply
-            replies.extend(m for m in out if m.to == sender and m.type != MsgType.SNAPSHOT)
-            self.transport.send([m for m in out if m.to != sender or m.type == MsgType.SNAPSHOT])
-
-        self._guard(handle)
-        self._maybe_snapshot()
+        data = bytes(got[2])
+        replies = self._post(lambda: self.replica.install_snapshot(msg, data), sender)
+        if replies is None:
+            return None
         replies = self.transport.faulty(replies)
-        return dumps(replies) if replies else None
+        return encode_messages(replies) if replies else dumps([])
 
     def _on_snapshot_done(self, peer: int, delivered: bool, reply: bytes | None) -> None:
-        if reply is not None:
-            self._on_reply(peer, reply)
-        self._guard(lambda: self.replica.report_snapshot(peer, delivered))
-        self._kick()
+        """A snapshot transfer ended: the core always hears how (even from a peer cut off since,
+        or it would wait for the report for ever); the peer's answer only if it may get through."""
+        msgs = decode_messages(reply) if reply and self.transport.allows(peer) else []
+
+        def handle() -> None:
+            for m in msgs:
+                self.replica.step(m)
+            self.replica.report_snapshot(peer, delivered)
+
+        if self._running:
+            self._post_later(handle)
 
     def _on_reply(self, sender: int, payload: bytes) -> None:
+        """Ray's callback thread: a peer's answer. Decoded here, stepped by the timer thread."""
         if self._running and self.transport.allows(sender):
-            self._step_all(payload)
-            self._kick()
+            msgs = decode_messages(payload)
+            step = self.replica.step
 
-    def _step_all(self, payload: bytes) -> None:
-        step = self.replica.step
-        for m in loads(payload):
-            self._guard(lambda m=m: step(m))
+            def handle() -> None:
+                for m in msgs:
+                    step(m)
+
+            self._post_later(handle)
 
     # ------------------------------------------------------------------ client RPC
-    async def submit(self, payload: bytes) -> bytes:
-        """Propose a batch of encoded client requests; answer each once applied.
+    @ray.method(concurrency_group="client")
+    def submit(self, payload: bytes) -> bytes:
+        """Propose a client call's write requests (as one log entry); answer once applied.
 
-        Returns the pickled list of :class:`~raft_actors.envelope.Outcome`, one per request.
+        Returns :func:`~raft_actors.envelope.encode_results` of every request, in call order.
         """
-        requests = loads(payload)
         if not self._running:
-            return encode_outcomes([Outcome(False, NotLeaderError(0, "the node is not running"))] * len(requests))
-        done = asyncio.get_running_loop().create_future()
-        outcomes: list[Outcome | None] = [None] * len(requests)
-        left = [len(requests)]
+            n = sum(p[3] for p in decode_call(payload))
+            return encode_results([Outcome(False, NotLeaderError(0, "the node is not running"))] * n)
+        batch = self.replica.prepare_batch(payload)
+        answer = _Answer()
+        refused: list[NotLeaderError] = []
 
-        def resolver(k: int) -> Any:
-            def resolve(outcome: Outcome) -> None:
-                if outcomes[k] is None:
-                    outcomes[k] = outcome
-                    left[0] -= 1
-                    if not left[0] and not done.done():
-                        done.set_result(None)
-            return resolve
-
-        try:
-            self.replica.propose(requests, [resolver(k) for k in range(len(requests))])
-        except NotLeaderError as exc:
-            return encode_outcomes([Outcome(False, exc)] * len(requests))
-        self._kick()
-        if left[0]:
-            await done  # one wake-up for the whole batch
-        return encode_outcomes(outcomes)  # type: ignore[arg-type]
-
-    async def read(self, payload: bytes, mode: str) -> bytes:
-        """Run a batch of encoded queries at consistency ``mode`` (linearizable, follower or
-        stale). Returns the pickled list of outcomes, one per query."""
-        if not self._running:
-            return encode_outcomes([Outcome(False, NotLeaderError(0, "the node is not running"))] * len(loads(payload)))
-        outcomes: list[Outcome | None] = []
-        queries = []
-        for data in loads(payload):
+        def propose() -> None:
             try:
-                queries.append(loads(data))
-                outcomes.append(None)
-            except Exception as exc:  # noqa: BLE001 - e.g. a class this node cannot import
-                outcomes.append(Outcome(False, CommandRejectedError(f"undecodable query: {type(exc).__name__}: {exc}")))
-        if queries:
-            future = asyncio.get_running_loop().create_future()
-            try:
-                self.replica.read(queries, mode, _resolver(future))
-                self._kick()
-                answers = iter(await future)
+                self.replica.propose(batch, answer)
             except NotLeaderError as exc:
-                answers = iter([Outcome(False, exc)] * len(queries))
-            outcomes = [o if o is not None else next(answers) for o in outcomes]
-        return encode_outcomes(outcomes)
+                refused.append(exc)
 
-    async def transfer_leadership(self, to: int) -> None:
+        if self._post(propose) is None:
+            refused.append(NotLeaderError(0, "the node is shutting down"))
+        if refused:
+            return encode_results([batch.early.get(i, Outcome(False, refused[0])) for i in range(batch.size)])
+        return encode_results(answer.wait())
+
+    @ray.method(concurrency_group="client")
+    def read(self, payload: bytes, mode: str) -> bytes:
+        """Run a read call's queries at consistency ``mode`` (linearizable, follower or
+        stale). Returns :func:`~raft_actors.envelope.encode_results`, one per query."""
+        parts = loads(payload)
+        outcomes: list[Outcome | None] = []
+        queries: list[Any] = []
+        for count, blob in parts:
+            try:
+                qs = loads(blob)
+            except Exception as exc:  # noqa: BLE001 - e.g. a class this node cannot import
+                outcomes += [Outcome(False, CommandRejectedError(f"undecodable query: {type(exc).__name__}: {exc}"))] * count
+                continue
+            queries += qs
+            outcomes += [None] * len(qs)
+        if queries:
+            if not self._running:
+                answers = iter([Outcome(False, NotLeaderError(0, "the node is not running"))] * len(queries))
+            else:
+                answer = _Answer()
+                refused: list[NotLeaderError] = []
+
+                def start() -> None:
+                    try:
+                        self.replica.read(queries, mode, answer)
+                    except NotLeaderError as exc:
+                        refused.append(exc)
+
+                if self._post(start) is None:
+                    refused.append(NotLeaderError(0, "the node is shutting down"))
+                answers = iter([Outcome(False, refused[0])] * len(queries) if refused else answer.wait())
+            outcomes = [o if o is not None else next(answers) for o in outcomes]
+        return encode_results(outcomes)  # type: ignore[arg-type]
+
+    @ray.method(concurrency_group="admin")
+    def transfer_leadership(self, to: int) -> None:
         """Start handing leadership to node ``to`` (this node must be the leader)."""
         if not self._running:
             raise NotLeaderError(0, "the node is not running")
-        try:
-            self.replica.core.transfer_leader(to)
-        except NotLeader as exc:
-            raise NotLeaderError(exc.leader) from None
-        self._kick()
+        refused: list[NotLeaderError] = []
 
-    async def change_membership(self, kind: str, node_id: int, catch_up: bool = True) -> bytes:
+        def transfer() -> None:
+            try:
+                self.replica.core.transfer_leader(to)
+            except NotLeader as exc:
+                refused.append(NotLeaderError(exc.leader))
+
+        if self._post(transfer) is None:
+            raise NotLeaderError(0, "the node is shutting down")
+        if refused:
+            raise refused[0]
+
+    @ray.method(concurrency_group="admin")
+    def change_membership(self, kind: str, node_id: int, catch_up: bool = True) -> bytes:
         """Make one membership change through this node (the leader) and wait until it is
         committed: ``kind`` is ``"add_learner"``, ``"promote"`` (once caught up, unless
         ``catch_up`` is false) or ``"remove"``.
@@ -359,52 +546,64 @@ class RaftNode:
                  "remove": ConfChangeType.REMOVE}
         if kind not in types:
             raise ValueError(f"kind must be one of {sorted(types)}, not {kind!r}")
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        start = loop.time()
+        answer = _Answer()
+        start = time.monotonic()
         caught: dict[str, float] = {}
+        refused: list[NotLeaderError] = []
 
         def on_caught_up(rounds: int) -> None:
-            caught.update(caught_up_s=loop.time() - start, rounds=rounds)
+            caught.update(caught_up_s=time.monotonic() - start, rounds=rounds)
 
-        try:
-            if kind == "promote" and catch_up:
-                self.replica.promote_when_caught_up(node_id, _resolver(done), on_caught_up)
-            else:
-                self.replica.change_membership(ConfChange(types[kind], node_id), _resolver(done))
-        except NotLeaderError as exc:
-            return dumps(Outcome(False, exc))
-        self._kick()
-        out = await done
+        def change() -> None:
+            try:
+                if kind == "promote" and catch_up:
+                    self.replica.promote_when_caught_up(node_id, answer, on_caught_up)
+                else:
+                    self.replica.change_membership(ConfChange(types[kind], node_id), answer)
+            except NotLeaderError as exc:
+                refused.append(exc)
+
+        if self._post(change) is None:
+            refused.append(NotLeaderError(0, "the node is shutting down"))
+        if refused:
+            return dumps(Outcome(False, refused[0]))
+        out = answer.wait()
         if out.ok:
             out = Outcome(True, (out.value, caught))
         return dumps(out)
 
     # ------------------------------------------------------------------ admin
-    async def describe(self) -> dict[str, Any]:
+    @ray.method(concurrency_group="admin")
+    def describe(self) -> dict[str, Any]:
         """How this node was made: what a driver that connects later needs to manage the cluster
         (config, state machine, data directory, slot, actor options)."""
         return {"node": self.node_id, "config": self.config, "state_machine": self._state_machine,
                 "data_dir": self.data_dir, "slot": self.slot, "actor_options": self._actor_options,
                 "bootstrap": list(self._voters)}
 
-    async def status(self) -> dict[str, Any]:
+    @ray.method(concurrency_group="admin")
+    def status(self) -> dict[str, Any]:
         where = {"slot": self.slot, "ray_node": ray.get_runtime_context().get_node_id()}
-        if not self._tasks:
+        if not self._started.is_set():
             return {"node": self.node_id, "role": "starting", "pid": os.getpid(), **where}
-        st = self.replica.status()
+        got: list[dict[str, Any]] = []
+        if self._post(lambda: got.append(self.replica.status())) is None:
+            return {"node": self.node_id, "role": "stopped", "pid": os.getpid(), **where}
+        st = got[0]
         st.update(where)
         st["pid"] = os.getpid()
         st["blocked"] = sorted(self.transport.blocked)
         st.update(self.storage.stats())
         st["rss_bytes"] = _rss_bytes()
+        st["cpu_s"] = time.process_time()
         st.update(self.snapshot_timing)
         st["snapshots_received"] = self.snapshots_received
         st["snapshot_chunks_received"] = self.snapshot_chunks_received
         return st
 
-    async def set_faults(self, blocked: list[int] | None = None, drop_rate: float | None = None,
-                         delay: float | None = None, duplicate_rate: float | None = None) -> None:
+    @ray.method(concurrency_group="admin")
+    def set_faults(self, blocked: list[int] | None = None, drop_rate: float | None = None,
+                   delay: float | None = None, duplicate_rate: float | None = None) -> None:
         """Fault injection: cut this node off from ``blocked`` peers; drop, delay, duplicate messages."""
         if blocked is not None:
             self.transport.block(set(blocked))
@@ -415,35 +614,46 @@ class RaftNode:
         if delay is not None:
             self.transport.delay = delay
 
-    async def ping(self) -> int:
+    @ray.method(concurrency_group="admin")
+    def ping(self) -> int:
         return self.node_id
 
-    async def reset_metrics(self) -> None:
+    @ray.method(concurrency_group="admin")
+    def reset_metrics(self) -> None:
         """Start the storage's sync statistics afresh (benchmarks measure one phase at a time)."""
-        if self._tasks:
+        if self._started.is_set():
             self.storage.reset()
 
-    async def take_snapshot(self) -> SnapshotMeta | None:
-        """Snapshot the state machine and compact the log now (as done past ``snapshot_entries``)."""
+    @ray.method(concurrency_group="admin")
+    def take_snapshot(self) -> SnapshotMeta | None:
+        """Snapshot the state machine and compact the log now (as done past
+        ``RaftConfig.snapshot_commands``); ``None`` if there is nothing new to snapshot."""
         if not self._running:
             return None
-        while self._snapshotting is not None:
-            await asyncio.shield(self._snapshotting)
-        task = self._snapshotting = asyncio.get_running_loop().create_task(self._snapshot())
-        return await task
+        answer = _Answer()
+        self._snapshot_waiters.append(answer)
+        if self._post(self.replica.request_snapshot) is None:
+            self._snapshot_finished(None)
+        return answer.wait() or None
 
-    async def destroy_data(self) -> None:
+    @ray.method(concurrency_group="admin")
+    def destroy_data(self) -> None:
         """Stop this node and delete its data directory (the node is about to be killed)."""
-        started, self._closed = bool(self._tasks), True
-        for t in self._tasks:
-            t.cancel()
+        started, self._closed = self._started.is_set(), True
+        self._wake_apply()
+        with self._wakeup:
+            self._wakeup.notify()
         if started:
-            self.replica.fail_all("the node is shutting down")
-            self.replica.storage.close()
+            for t in self._threads:
+                t.join(timeout=5)
+            with self._raft:
+                self.replica.fail_all("the node is shutting down")
+                self.replica.storage.close()
         if self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    async def crash(self) -> None:
+    @ray.method(concurrency_group="admin")
+    def crash(self) -> None:
         """Die abruptly, as a crashed process would (Ray restarts the actor if allowed)."""
         os._exit(1)
 
@@ -462,11 +672,3 @@ def _rss_bytes() -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _resolver(future: asyncio.Future) -> Any:
-    def resolve(outcome: Any) -> None:
-        if not future.done():
-            future.set_result(outcome)
-
-    return resolve

@@ -1,24 +1,45 @@
 """One Raft replica without a runtime: core + storage + state machine, driven in the right order.
 
 The Ray actor (:mod:`raft_actors.node`) and the deterministic simulator (:mod:`raft_actors.sim`)
-both wrap a :class:`Replica`; they differ only in how they move messages and keep time.
-No Ray, asyncio, clock or sockets here: completions are delivered through callbacks.
+both wrap a :class:`Replica`; they differ only in how they move messages, keep time and run the
+state machine. No Ray, asyncio, clock or sockets here: completions are delivered through
+callbacks.
+
+A replica has two sides:
+
+- the **Raft side** (:meth:`tick`, :meth:`step`, :meth:`propose`, :meth:`read`,
+  :meth:`process_ready`...) drives the core: it persists, sends, and hands committed entries
+  over; it never waits for the state machine;
+- the **apply side** (:meth:`apply_pending`) owns the state machine: it applies committed
+  entries in order, answers their writers, serves reads once their read index is applied,
+  restores snapshots from the leader and takes snapshots.
+
+With ``inline_apply`` (the simulator, the default) the apply side runs at the end of each
+:meth:`process_ready`, in the same thread. A node actor runs it in a thread of its own
+(``inline_apply=False``, woken by ``on_apply_work``), so a slow ``apply`` never delays a
+heartbeat or a vote. The two sides share only a queue, a lock-protected heap of reads and a
+few counters.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import random
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
-from .applier import Applier
+from .applier import Applier, DecodedPart, decode_parts
 from .config import RaftConfig
 from .core import (
     ConfChange,
     ConfChangeError,
     ConfChangePending,
+    ConfState,
+    Entry,
     EntryKind,
     Message,
     MsgType,
@@ -26,11 +47,10 @@ from .core import (
     ProposalDropped,
     RaftCore,
     Ready,
-    Role,
 )
 from .core.membership import decode_conf_entry
 from .core.messages import SnapshotMeta
-from .envelope import Outcome, decode_request
+from .envelope import Outcome, decode_call, dumps, encode_values, seqs_of
 from .errors import (
     CommandRejectedError,
     LeadershipLostError,
@@ -40,8 +60,13 @@ from .errors import (
 )
 from .storage.base import SnapshotData, Storage
 
+#: gets the outcome of each request of a batch, in request order
+BatchCallback = Callable[[list[Outcome]], None]
+#: gets the outcome of a membership change (the new configuration)
 WriteCallback = Callable[[Outcome], None]
 ReadCallback = Callable[[list[Outcome]], None]
+#: sends messages to peers (the shell's transport)
+Send = Callable[[list[Message]], None]
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +75,63 @@ LINEARIZABLE, FOLLOWER, STALE = "linearizable", "follower", "stale"
 READ_MODES = (LINEARIZABLE, FOLLOWER, STALE)
 
 
-class _PendingRead:
-    __slots__ = ("callback", "queries", "ticks_left")
+class Batch:
+    """A client call's write requests, decoded and checked, ready to be proposed as one entry.
 
-    def __init__(self, queries: Sequence[Any], callback: ReadCallback, ticks_left: int):
+    ``command`` is what goes into the log: the call's own bytes when every request was
+    accepted. ``decoded`` are the accepted parts (the leader applies from them, without
+    decoding the entry again); ``early`` holds the outcome of each refused request by its
+    position in the call; ``size`` counts every request of the call.
+    """
+
+    __slots__ = ("command", "decoded", "early", "size")
+
+    def __init__(self, command: bytes, decoded: list[DecodedPart], early: dict[int, Outcome], size: int):
+        self.command = command
+        self.decoded = decoded
+        self.early = early
+        self.size = size
+
+
+class _Waiter:
+    """A proposal waiting for its entry to be applied: a client batch or a membership change."""
+
+    __slots__ = ("batch", "callback", "term")
+
+    def __init__(self, term: int, callback: Callable[[Any], None], batch: Batch | None = None):
+        self.term = term
+        self.callback = callback
+        self.batch = batch
+
+    def finish(self, result: list[Outcome] | Outcome | None) -> None:
+        b = self.batch
+        if b is None:
+            self.callback(result)
+            return
+        assert isinstance(result, list)
+        if not b.early:
+            self.callback(result)
+            return
+        applied = iter(result)
+        self.callback([b.early[i] if i in b.early else next(applied) for i in range(b.size)])
+
+    def fail(self, exc: Exception) -> None:
+        b = self.batch
+        if b is None:
+            self.callback(Outcome(False, exc))
+            return
+        out = Outcome(False, exc)
+        self.callback([b.early.get(i, out) for i in range(b.size)])
+
+
+class _PendingRead:
+    __slots__ = ("callback", "deadline", "done", "queries")
+
+    def __init__(self, queries: Sequence[Any], callback: ReadCallback, deadline: int):
         self.queries = queries
         self.callback = callback
-        self.ticks_left = ticks_left
+        self.deadline = deadline  # in ticks of the Raft side
+        self.done = False
 
 
 class Replica:
@@ -68,9 +143,10 @@ class Replica:
             state machine is restored from the snapshot, committed entries after it re-applied).
         state_machine: the user's state machine (wrapped for exactly-once application).
         lost_state: this node had state before and lost it: it rejoins as a non-voter
-            (see ``RaftCore``).
+            (see ``RaftCore.mark_lost_state``).
         observer: called as ``observer(replica, ready)`` after each ready is handled
             (the simulator checks safety properties through it).
+        inline_apply: run the apply side inside :meth:`process_ready` (see the module doc).
     """
 
     def __init__(
@@ -83,6 +159,7 @@ class Replica:
         rng: random.Random,
         lost_state: bool = False,
         observer: Callable[[Replica, Ready], None] | None = None,
+        inline_apply: bool = True,
     ):
         rec = storage.load()
         self._id = node_id
@@ -97,26 +174,49 @@ class Replica:
         if lost_state:
             self.mark_lost_state()
         self.observer = observer
-        self._snap_index = self.core.status().snapshot_index  # entries applied since then count toward the next
-        self._bytes_since_snap = 0
-        self._snap_failed_at = -1  # applied index of a failed snapshot attempt (not retried at once)
+        self.inline_apply = inline_apply
+        #: called (from the Raft side) whenever the apply side has new work
+        self.on_apply_work: Callable[[], None] | None = None
+        #: called (from the apply side) with a prepared snapshot ``(meta, data)`` when a
+        #: snapshot was asked for, or with ``None`` when there was nothing new to snapshot or the
+        #: state machine failed; the shell stages it and calls :meth:`finish_snapshot` on the
+        #: Raft side. Unset: staged and finished at once, in the same thread (inline)
+        self.on_snapshot_prepared: Callable[[tuple[SnapshotMeta, SnapshotData] | None], None] | None = None
+        st = self.core.status()
+        # ----- Raft side
+        self._ticks = 0
         self._incoming: dict[SnapshotMeta, bytes] = {}  # snapshots received, until the core takes one
-        #: the shell takes snapshots itself when ``snapshot_due`` (off the event loop, in part);
-        #: otherwise they are taken inline, as soon as they are due
-        self.background_snapshots = False
-        self._writes: dict[int, tuple[int, WriteCallback]] = {}
+        self._writes: dict[int, _Waiter] = {}  # proposals not yet committed, by index
         self._promoting: dict[int, list[WriteCallback]] = {}  # learner -> who waits for its promotion
         self._caught_up_hooks: dict[int, Callable[[int], None]] = {}
-        self._reads: dict[tuple[int, int], _PendingRead] = {}
-        self._waiting: list[tuple[int, tuple[int, int], _PendingRead]] = []  # (read index, ctx, read)
+        self._reads: dict[tuple[int, int], _PendingRead] = {}  # waiting for a read index
         # read contexts are unique across restarts, so a late answer to a read of an earlier
         # incarnation of this node can never complete a new read
         self._boot = rng.getrandbits(63)
         self._next_ctx = 1
+        self._snap_index = st.snapshot_index  # the latest snapshot this node holds
+        self._snapshot_asked = False  # a snapshot was queued for the apply side and is not done
+        # ----- shared: the apply side's work, and reads waiting for their index to be applied
+        self._tasks: deque[tuple] = deque()
+        self._reads_lock = threading.Lock()
+        self._waiting: list[tuple[int, int, _PendingRead]] = []  # a heap of (read index, order, read)
+        self._order = itertools.count()
+        # ----- apply side: what the state machine reflects
+        self.applied_bytes = 0  # bytes of client commands applied so far
+        self._applied_term = st.term if st.snapshot_index == 0 else self.core.log.offset_term
+        self._applied_conf = self.core.conf_at(st.snapshot_index)
+        self._snap_commands = self.applier.applied_commands  # counters as of the latest snapshot
+        self._snap_bytes = 0
+        self._snap_failed_at = -1  # applied index of a failed snapshot attempt (not retried at once)
 
     @property
     def id(self) -> int:
         return self._id
+
+    @property
+    def applied_index(self) -> int:
+        """The last index the state machine reflects (the apply side's progress)."""
+        return self.applier.applied_index
 
     def mark_lost_state(self) -> None:
         """This node lost its state: from now on a non-voter (``RaftCore.mark_lost_state``; the
@@ -129,28 +229,24 @@ class Replica:
             self.storage.sync()
             self._synced_vote = (hs.term, hs.vote, hs.lost_state)
 
-    # ------------------------------------------------------------------ inputs
+    # ------------------------------------------------------------------ Raft side: inputs
     def tick(self) -> None:
         self.core.tick()
-        expired = []
-        for ctx, pr in self._reads.items():
-            pr.ticks_left -= 1
-            if pr.ticks_left <= 0:
-                expired.append(ctx)
+        self._ticks += 1
+        now = self._ticks
+        expired = [ctx for ctx, pr in self._reads.items() if pr.deadline <= now]
         for ctx in expired:
             self._fail_read(self._reads.pop(ctx), RaftTimeoutError("no read index from the leader in time"))
         if self._waiting:
             # a read index is known, but this node is not applying fast enough: give up in time
-            keep = []
-            for item in self._waiting:
-                item[2].ticks_left -= 1
-                if item[2].ticks_left > -self.config.election_ticks:
-                    keep.append(item)
-                else:
-                    self._fail_read(item[2], RaftTimeoutError("this node did not reach the read index in time"))
-            if len(keep) != len(self._waiting):
-                heapq.heapify(keep)
-                self._waiting = keep
+            late = now - self.config.election_ticks
+            with self._reads_lock:
+                gone = [item for item in self._waiting if item[2].deadline <= late]
+                if gone:
+                    self._waiting = [item for item in self._waiting if item[2].deadline > late]
+                    heapq.heapify(self._waiting)
+            for item in gone:
+                self._fail_read(item[2], RaftTimeoutError("this node did not reach the read index in time"))
 
     def step(self, message: Message) -> None:
         if message.type == MsgType.SNAPSHOT:
@@ -162,8 +258,8 @@ class Replica:
     def install_snapshot(self, message: Message, data: bytes) -> None:
         """A ``SNAPSHOT`` message from the leader, with the snapshot's state (all chunks joined).
 
-        The core decides whether it needs it; if so the next :meth:`process_ready` restores the
-        state machine from ``data`` and persists it in place of the log.
+        The core decides whether it needs it; if so the next :meth:`process_ready` persists it in
+        place of the log and has the apply side restore the state machine from it.
         """
         if message.snapshot is None:
             raise ValueError("not a snapshot message")
@@ -179,39 +275,86 @@ class Replica:
         """Tell the core whether the snapshot for ``to`` was delivered."""
         self.core.report_snapshot(to, delivered)
 
-    def propose(self, commands: Sequence[bytes], callbacks: Sequence[WriteCallback]) -> None:
-        """Propose encoded requests; each callback gets its command's outcome once applied.
+    def prepare_batch(self, payload: bytes) -> Batch:
+        """Decode a client call's write parts and check each command (the state machine's
+        ``validate``). Pure work on the payload: any thread may do it, ahead of :meth:`propose`.
 
-        Raises :class:`NotLeaderError` (with a leader hint) if this node cannot take proposals.
-        A command the state machine's ``validate`` refuses gets a :class:`CommandRejectedError`
-        outcome at once and never enters the log.
+        A part that cannot be decoded, or a command ``validate`` refuses, gets a
+        :class:`CommandRejectedError` outcome and never enters the log.
+        """
+        parts = decode_call(payload)
+        try:
+            decoded = decode_parts(parts)
+        except BaseException:  # noqa: BLE001 - find the parts that do not decode
+            decoded = None
+        early: dict[int, Outcome] = {}
+        if decoded is not None and not self._refused(decoded):
+            return Batch(payload, decoded, early, sum(p[3] for p in parts))
+        # some requests are refused: the entry carries the accepted ones only
+        accepted: list[DecodedPart] = []
+        kept: list[tuple] = []
+        pos = 0
+        for part in parts:
+            cid, seq, ack, count, _ = part
+            try:
+                (one,) = decode_parts([part])
+            except BaseException as exc:  # noqa: BLE001 - e.g. a class this node cannot import
+                err = Outcome(False, CommandRejectedError(f"undecodable request: {type(exc).__name__}: {exc}"))
+                early.update((pos + k, err) for k in range(count))
+                pos += count
+                continue
+            cmds = one[3]
+            if cmds is None:  # a session opening
+                accepted.append(one)
+                kept.append(part)
+                pos += 1
+                continue
+            ok_cmds, ok_seqs = [], []
+            for k, (s, c) in enumerate(zip(seqs_of(seq, len(cmds)), cmds)):
+                try:
+                    self.applier.validate(c)
+                except CommandRejectedError as exc:
+                    early[pos + k] = Outcome(False, exc)
+                    continue
+                ok_cmds.append(c)
+                ok_seqs.append(s)
+            if ok_cmds:
+                accepted.append((cid, tuple(ok_seqs), ack, ok_cmds))
+                kept.append((cid, tuple(ok_seqs), ack, len(ok_cmds), encode_values(ok_cmds)))
+            pos += len(cmds)
+        return Batch(dumps(kept), accepted, early, pos)
+
+    def _refused(self, decoded: list[DecodedPart]) -> bool:
+        """Whether ``validate`` refuses any command (the fast path checks, nothing more)."""
+        validate = self.applier.validate
+        try:
+            for _, _, _, cmds in decoded:
+                if cmds is not None:
+                    for c in cmds:
+                        validate(c)
+        except CommandRejectedError:
+            return True
+        return False
+
+    def propose(self, batch: Batch, callback: BatchCallback) -> None:
+        """Propose a prepared client batch as one log entry; ``callback`` gets every request's
+        outcome, in call order, once the entry is applied (refused requests at once if nothing
+        else of the call is accepted).
+
+        Raises :class:`NotLeaderError` (with a leader hint) if this node cannot take
+        proposals: nothing of the batch was proposed then.
         """
         st = self.core.status()
         if not st.is_leader:
             raise NotLeaderError(st.leader)
-        accepted: list[bytes] = []
-        waiting: list[WriteCallback] = []
-        for data, cb in zip(commands, callbacks):
-            try:
-                req = decode_request(data)
-                if req.client_id is not None:  # not a session opening
-                    self.applier.validate(req.command)
-            except CommandRejectedError as exc:
-                cb(Outcome(False, exc))
-                continue
-            except BaseException as exc:  # noqa: BLE001 - any decoding failure rejects the request
-                cb(Outcome(False, CommandRejectedError(f"undecodable request: {type(exc).__name__}: {exc}")))
-                continue
-            accepted.append(data)
-            waiting.append(cb)
-        if not accepted:
+        if not batch.decoded:
+            callback([batch.early[i] for i in range(batch.size)])
             return
         try:
-            first, term = self.core.propose(accepted)
+            index, term = self.core.propose([batch.command])
         except (NotLeader, ProposalDropped) as exc:
             raise NotLeaderError(self.core.status().leader, str(exc)) from exc
-        for i, cb in enumerate(waiting):
-            self._writes[first + i] = (term, cb)
+        self._writes[index] = _Waiter(term, callback, batch)
 
     def change_membership(self, change: ConfChange, callback: WriteCallback) -> None:
         """Propose a single-server membership change; ``callback`` gets the new
@@ -228,7 +371,7 @@ class Replica:
         except ConfChangeError as exc:
             callback(Outcome(False, MembershipChangeError(str(exc), isinstance(exc, ConfChangePending))))
             return
-        self._writes[index] = (term, callback)
+        self._writes[index] = _Waiter(term, callback)
 
     def promote_when_caught_up(self, node: int, callback: WriteCallback,
                                on_caught_up: Callable[[int], None] | None = None) -> None:
@@ -253,61 +396,80 @@ class Replica:
 
         - ``linearizable``: on the leader, after a ReadIndex round confirms its leadership;
         - ``follower``: on this node, after the leader gives it a read index;
-        - ``stale``: on this node now, whatever it has applied.
+        - ``stale``: on this node, whatever it has applied.
 
-        Raises :class:`NotLeaderError` when the mode needs a leader this node is not or lacks.
+        The apply side answers (once the read index is applied). Raises
+        :class:`NotLeaderError` when the mode needs a leader this node is not or lacks.
         """
+        if mode not in READ_MODES:
+            raise ValueError(f"read mode must be one of {READ_MODES}, got {mode!r}")
         if mode == STALE:
-            callback([self.applier.query(q) for q in queries])
+            self._queue(("stale", queries, callback), run_inline=True)
             return
         st = self.core.status()
         if mode == LINEARIZABLE and not st.is_leader:
             raise NotLeaderError(st.leader)
         if mode == FOLLOWER and not st.leader:
             raise NotLeaderError(0)
-        if mode not in READ_MODES:
-            raise ValueError(f"read mode must be one of {READ_MODES}, got {mode!r}")
         ctx = (self._boot, self._next_ctx)
         self._next_ctx += 1
-        self._reads[ctx] = _PendingRead(queries, callback, 2 * self.config.election_ticks)
+        self._reads[ctx] = _PendingRead(queries, callback, self._ticks + 2 * self.config.election_ticks)
         self.core.read_index(ctx)
 
-    # ------------------------------------------------------------------ output
-    def process_ready(self) -> list[Message]:
-        """Persist, apply and serve everything the core has ready; return the messages to send.
+    # ------------------------------------------------------------------ Raft side: output
+    def process_ready(self, send: Send) -> None:
+        """Persist and send everything the core has ready, and hand what is committed to the
+        apply side (which runs now, with ``inline_apply``).
 
-        Messages are returned only after the state they depend on is synced to storage.
+        A message goes out only once the state it depends on is durable: a vote or term change
+        and a follower's entries are synced first. A leader's own new entries are not needed
+        for what it sends (it counts itself toward commit only once they are synced, see
+        ``RaftCore.persisted``), so it sends its appends first and syncs while they travel.
         """
-        out: list[Message] = []
         core = self.core
         while core.has_ready():
             rd = core.ready()
             if rd.snapshot is not None:
                 self._install(rd.snapshot)
-            if rd.entries:
-                self.storage.append(rd.entries)
             vote = self._synced_vote
             if rd.hard_state is not None:
+                # the commit index need not be synced: a node that forgets it learns it again
+                # from the leader, so a change of commit alone rides along with the next sync
                 self.storage.set_hard_state(rd.hard_state)
                 vote = (rd.hard_state.term, rd.hard_state.vote, rd.hard_state.lost_state)
-            # Entries, term and vote must be durable before anything that depends on them is
-            # sent. The commit index need not: a node that forgets it learns it again from the
-            # leader, so a change of commit alone rides along with the next sync.
-            if rd.entries or vote != self._synced_vote:
+            must_sync = vote != self._synced_vote
+            early = bool(rd.entries) and not must_sync and core.status().is_leader
+            if early:
+                send(rd.messages)
+            if rd.entries:
+                self.storage.append(rd.entries)
+            if rd.entries or must_sync:
                 self.storage.sync()
                 self._synced_vote = vote
-            out.extend(rd.messages)
+            if rd.entries:
+                last = rd.entries[-1]
+                core.persisted(last.index, last.term)
+            if not early and rd.messages:
+                send(rd.messages)
             if rd.committed_entries:
-                self._apply(rd.committed_entries)
-            for rs in rd.read_states:
-                pr = self._reads.pop(rs.context, None)
-                if pr is not None:
-                    heapq.heappush(self._waiting, (rs.index, rs.context, pr))
+                waiters = {}
+                if self._writes:
+                    for e in rd.committed_entries:
+                        w = self._writes.pop(e.index, None)
+                        if w is not None:
+                            waiters[e.index] = w
+                self._queue(("apply", rd.committed_entries, waiters))
+            if rd.read_states:
+                with self._reads_lock:
+                    for rs in rd.read_states:
+                        pr = self._reads.pop(rs.context, None)
+                        if pr is not None:
+                            heapq.heappush(self._waiting, (rs.index, next(self._order), pr))
+                self._wake()
             for ctx in rd.dropped_reads:
                 pr = self._reads.pop(ctx, None)
                 if pr is not None:
                     self._fail_read(pr, NotLeaderError(core.status().leader, "lost the read index (leader changed)"))
-            self._serve_reads()
             for p in rd.promotions:
                 self._promoted(p.node, p.index, p.term, p.error)
                 hook = self._caught_up_hooks.pop(p.node, None)
@@ -315,17 +477,18 @@ class Replica:
                     hook(p.rounds)
             if rd.soft_state_changed and self._writes and not (st := core.status()).is_leader:
                 # Outcome unknown: the entries may still commit under the next leader. The client
-                # retries through its session, which makes the retry harmless.
+                # retries through its session, which makes the retry harmless. (What was already
+                # committed went to the apply side with its waiter, and is answered from there.)
                 err = LeadershipLostError(st.leader, "leadership lost before the write committed")
                 writes, self._writes = self._writes, {}
-                for _, cb in writes.values():
-                    cb(Outcome(False, err))
+                for w in writes.values():
+                    w.fail(err)
             if self.observer is not None:
                 self.observer(self, rd)
-            if rd.committed_entries:
-                self._maybe_snapshot()  # last: a crash while it writes comes after all of the above
+            if self.inline_apply:
+                self.apply_pending()
         self._incoming.clear()  # a snapshot the core did not take is not needed
-        return out
+        self._maybe_ask_snapshot()
 
     def _promoted(self, node: int, index: int, term: int, error: str | None) -> None:
         waiters = self._promoting.pop(node, [])
@@ -340,32 +503,57 @@ class Replica:
             for cb in waiters:
                 cb(outcome)
 
-        self._writes[index] = (term, done)
+        self._writes[index] = _Waiter(term, done)
 
     def _install(self, meta: SnapshotMeta) -> None:
         data = self._incoming.pop(meta)
-        # restore first: a snapshot the state machine cannot load must not replace the log
-        self.applier.restore(data, meta.index)
         self.storage.install_snapshot(meta, data)
-        self._snap_index, self._bytes_since_snap = meta.index, 0
+        self.core.persisted(meta.index, meta.term)
+        self._snap_index = meta.index
+        self._queue(("restore", meta, data))
 
+    def _queue(self, task: tuple, run_inline: bool = False) -> None:
+        """Hand ``task`` to the apply side: wake it, or (inline, when asked) run it now."""
+        self._tasks.append(task)
+        if not self.inline_apply:
+            self._wake()
+        elif run_inline:
+            self.apply_pending()
+
+    def _wake(self) -> None:
+        if self.on_apply_work is not None:
+            self.on_apply_work()
+
+    # ------------------------------------------------------------------ snapshots
     @property
     def snapshot_due(self) -> bool:
-        """Whether enough was applied since the last snapshot to take a new one."""
+        """Whether enough was applied since the last snapshot to take a new one (counted in
+        client commands and their bytes, however they were batched into entries)."""
         cfg = self.config
-        applied = self.applier.applied_index
-        due = (cfg.snapshot_entries and applied - self._snap_index >= cfg.snapshot_entries) or (
-            cfg.snapshot_bytes and self._bytes_since_snap >= cfg.snapshot_bytes
+        commands = self.applier.applied_commands - self._snap_commands
+        size = self.applied_bytes - self._snap_bytes
+        due = (cfg.snapshot_commands and commands >= cfg.snapshot_commands) or (
+            cfg.snapshot_bytes and size >= cfg.snapshot_bytes
         )
-        return bool(due) and applied - self._snap_failed_at >= max(1, (cfg.snapshot_entries or 10_000) // 2)
+        if not due or self.applier.applied_index <= self._snap_index:
+            return False
+        since_failure = self.applier.applied_commands - self._snap_failed_at
+        return self._snap_failed_at < 0 or since_failure >= max(1, (cfg.snapshot_commands or 10_000) // 2)
 
-    def _maybe_snapshot(self) -> None:
-        if not self.background_snapshots and self.snapshot_due:
-            self.take_snapshot()
+    def _maybe_ask_snapshot(self) -> None:
+        """Raft side: queue a snapshot for the apply side once one is due."""
+        if not self._snapshot_asked and self.snapshot_due:
+            self.request_snapshot()
+
+    def request_snapshot(self) -> None:
+        """Raft side: have the apply side snapshot the state machine now (then the log is
+        compacted); the outcome goes to ``on_snapshot_prepared``, or is done inline."""
+        self._snapshot_asked = True
+        self._queue(("snapshot",), run_inline=True)
 
     def take_snapshot(self) -> SnapshotMeta | None:
-        """Snapshot the state machine now, persist it and compact the log (done automatically
-        past ``snapshot_entries``/``snapshot_bytes``). Returns the snapshot's metadata, or
+        """Snapshot the state machine now, persist it and compact the log, all in this thread
+        (only while nothing else drives this replica). Returns the snapshot's metadata, or
         ``None`` when there is nothing new or the state machine could not snapshot itself."""
         prepared = self.prepare_snapshot()
         if prepared is None:
@@ -374,72 +562,138 @@ class Replica:
         return self.finish_snapshot(meta, data, self.storage.stage_snapshot(meta, data))
 
     def prepare_snapshot(self) -> tuple[SnapshotMeta, SnapshotData] | None:
-        """The first step of :meth:`take_snapshot`: the state machine and sessions as of the
-        applied index. Then ``storage.stage_snapshot`` (which may run in another thread), then
-        :meth:`finish_snapshot`."""
+        """Apply side: the state machine and sessions as of the applied index, with the
+        snapshot's metadata. Then ``storage.stage_snapshot`` (which may run in another thread),
+        then :meth:`finish_snapshot` on the Raft side."""
         applied = self.applier.applied_index
         if applied <= self._snap_index:
             return None
-        meta = self.core.snapshot_meta(applied)
-        if not meta.voters:
+        conf = self._applied_conf
+        if not conf.voters:
             # a joining node that has not yet received the entry adding it does not know the
             # configuration of this prefix: its snapshot would carry an empty one
             self.snapshot_failed()
             return None
+        meta = SnapshotMeta(applied, self._applied_term, conf.voters, conf.learners, conf.max_id)
         try:
             data = self.applier.snapshot()
         except Exception:
             log.exception("node %s: the state machine failed to snapshot; the log is not compacted", self.id)
             self.snapshot_failed()
             return None
+        self._snap_commands, self._snap_bytes = self.applier.applied_commands, self.applied_bytes
         return meta, data
 
     def finish_snapshot(self, meta: SnapshotMeta, data: SnapshotData, staged: Any = None) -> SnapshotMeta | None:
-        """Persist a prepared snapshot (adopting ``staged``) and compact the log up to it;
-        ``None`` if a newer snapshot was installed or taken meanwhile."""
+        """Raft side: persist a prepared snapshot (adopting ``staged``) and compact the log up
+        to it; ``None`` if a newer snapshot was installed or taken meanwhile."""
+        self._snapshot_asked = False
         if meta.index <= self._snap_index:
             return None
         self.storage.save_snapshot(meta, data, staged)
-        keep = self.config.keep_entries
+        keep = self._entries_to_keep(meta.index)
         self.storage.compact(meta.index - keep)
         self.core.compact(meta, keep)
         self._snap_index = meta.index
-        self._bytes_since_snap = 0
         return meta
+
+    def _entries_to_keep(self, index: int) -> int:
+        """How many entries up to ``index`` to keep when compacting: those holding the last
+        ``keep_bytes`` of commands, so a follower a little behind catches up from the log."""
+        budget = self.config.keep_bytes
+        entries = self.core.log.entries
+        offset = self.core.log.offset
+        k = 0
+        i = index - offset - 1
+        while budget > 0 and i - k >= 0:
+            e = entries[i - k]
+            budget -= len(e.command) if e.command is not None else 1
+            k += 1
+        return k
 
     def snapshot_failed(self) -> None:
         """A snapshot could not be taken or stored: try again only after a while."""
-        self._snap_failed_at = self.applier.applied_index
+        self._snap_failed_at = self.applier.applied_commands
+        self._snapshot_asked = False
 
-    def _apply(self, entries: list) -> None:
+    # ------------------------------------------------------------------ apply side
+    def has_apply_work(self) -> bool:
+        return bool(self._tasks) or bool(self._waiting and self._waiting[0][0] <= self.applier.applied_index)
+
+    def apply_pending(self) -> None:
+        """Apply side: do everything queued, in order, then serve the reads whose index is
+        applied. Safe to call from one thread at a time (the apply thread, or inline)."""
+        tasks = self._tasks
+        while tasks:
+            task = tasks.popleft()
+            kind = task[0]
+            if kind == "apply":
+                self._apply(task[1], task[2])
+            elif kind == "stale":
+                task[2]([self.applier.query(q) for q in task[1]])
+            elif kind == "restore":
+                meta, data = task[1], task[2]
+                self.applier.restore(data, meta.index)  # a snapshot it cannot load: fail-stop (raises)
+                self._applied_term, self._applied_conf = meta.term, ConfState(meta.voters, meta.learners, meta.max_id)
+                self._snap_commands, self._snap_bytes = self.applier.applied_commands, self.applied_bytes
+            elif kind == "snapshot":
+                self._snapshot_now()
+            self._serve_reads()
+        self._serve_reads()
+
+    def _snapshot_now(self) -> None:
+        prepared = self.prepare_snapshot()
+        if prepared is None:
+            self._snapshot_asked = False
+        if self.on_snapshot_prepared is not None:
+            self.on_snapshot_prepared(prepared)
+        elif prepared is not None:
+            meta, data = prepared
+            self.finish_snapshot(meta, data, self.storage.stage_snapshot(meta, data))
+
+    def _apply(self, entries: list[Entry], waiters: dict[int, _Waiter]) -> None:
+        applier = self.applier
         for e in entries:
-            if e.command is not None:
-                self._bytes_since_snap += len(e.command)
-            outcome = self.applier.apply(e)
+            w = waiters.get(e.index)
+            result: list[Outcome] | Outcome | None
             if e.kind == EntryKind.CONFIG:
-                outcome = Outcome(True, decode_conf_entry(e.command)[1])
-            waiter = self._writes.pop(e.index, None)
-            if waiter is None:
-                continue
-            term, cb = waiter
-            if term == e.term and outcome is not None:
-                cb(outcome)
+                applier.apply(e)
+                self._applied_conf = decode_conf_entry(e.command)[1]
+                result = Outcome(True, self._applied_conf)
             else:
-                cb(Outcome(False, LeadershipLostError(self.core.status().leader,
-                                                      "the proposal was overwritten by a new leader")))
+                if e.command is not None:
+                    self.applied_bytes += len(e.command)
+                result = applier.apply(e, w.batch.decoded if w is not None and w.batch is not None else None)
+            self._applied_term = e.term
+            if w is None:
+                continue
+            if w.term == e.term and result is not None:
+                w.finish(result)
+            else:
+                w.fail(LeadershipLostError(0, "the proposal was overwritten by a new leader"))
 
     def _serve_reads(self) -> None:
         applied = self.applier.applied_index
         while self._waiting and self._waiting[0][0] <= applied:
-            _, _, pr = heapq.heappop(self._waiting)
+            with self._reads_lock:
+                if not self._waiting or self._waiting[0][0] > applied:
+                    break
+                _, _, pr = heapq.heappop(self._waiting)
+                if pr.done:
+                    continue
+                pr.done = True
             pr.callback([self.applier.query(q) for q in pr.queries])
 
-    @staticmethod
-    def _fail_read(pr: _PendingRead, exc: Exception) -> None:
+    def _fail_read(self, pr: _PendingRead, exc: Exception) -> None:
+        with self._reads_lock:
+            if pr.done:
+                return
+            pr.done = True
         pr.callback([Outcome(False, exc)] * len(pr.queries))
 
     def fail_all(self, reason: str) -> None:
-        """Answer every pending request: the node is going away (``reason`` says why).
+        """Answer every pending request: the node is going away (``reason`` says why). Call it
+        once the apply side has stopped.
 
         A write or membership change waiting here is in this node's log and may yet commit under
         another leader: it fails with :class:`LeadershipLostError` (outcome unknown; its client
@@ -448,15 +702,25 @@ class Replica:
         changed nothing, so it is simply retried elsewhere.
         """
         lead = self.core.status().leader
-        maybe = Outcome(False, LeadershipLostError(lead, f"{reason}; the write may still commit"))
-        writes, self._writes = self._writes, {}
-        waiters = [cb for cbs in self._promoting.values() for cb in cbs]
+        maybe = LeadershipLostError(lead, f"{reason}; the write may still commit")
+        waiters = list(self._writes.values())
+        self._writes = {}
+        for task in self._tasks:
+            if task[0] == "apply":
+                waiters.extend(task[2].values())
+        for w in waiters:
+            w.fail(maybe)
+        promoting = [cb for cbs in self._promoting.values() for cb in cbs]
         self._promoting = {}
-        for cb in [cb for _, cb in writes.values()] + waiters:
-            cb(maybe)
+        for cb in promoting:
+            cb(Outcome(False, maybe))
         refused = NotLeaderError(lead, reason)
+        stale = [(t[1], t[2]) for t in self._tasks if t[0] == "stale"]
+        self._tasks.clear()
+        for queries, cb in stale:
+            cb([Outcome(False, refused)] * len(queries))
         reads = list(self._reads.values()) + [w[2] for w in self._waiting]
-        self._reads, self._waiting = {}, []
+        self._reads = {}
         for pr in reads:
             self._fail_read(pr, refused)
 
@@ -465,8 +729,10 @@ class Replica:
         st = self.core.status()
         if st.lost_state:
             role = "non-voter"
-        elif st.role != Role.FOLLOWER:
+        elif not st.is_leader and st.role.name != "FOLLOWER":
             role = st.role.name.lower()
+        elif st.is_leader:
+            role = "leader"
         else:
             role = {"voter": "follower", "learner": "learner"}.get(st.conf.role_of(st.id) or "", "")
             role = role or ("removed" if st.id <= st.conf.max_id else "joining")
@@ -481,6 +747,8 @@ class Replica:
             "snapshot_index": st.snapshot_index,
             "log_entries": st.log_entries,
             "storage_bytes": self.storage.size(),
+            "commands_applied": self.applier.applied_commands,
+            "commands_since_snapshot": self.applier.applied_commands - self._snap_commands,
             # the configuration in effect here (the newest in the log, maybe not committed yet)...
             "voters": st.conf.voters,
             "learners": st.conf.learners,

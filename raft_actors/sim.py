@@ -30,13 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .applier import decode_parts
 from .config import RaftConfig
 from .core import ConfChange, ConfChangeType, ConfState, Entry, EntryKind, HardState, Message, MsgType, Ready, Role
-from .envelope import Outcome, decode_request, encode_register, encode_request
-from .errors import NotLeaderError, SessionExpiredError
+from .envelope import OPEN_SESSION_CALL, Outcome, decode_call, dumps, encode_values, results_of, seqs_of
+from .errors import NotLeaderError, RaftTimeoutError, UnknownOutcomeError
 from .linearizability import Operation
 from .lost_state import has_lost_state
-from .replica import FOLLOWER, LINEARIZABLE, Replica
+from .replica import Replica
+from .session import FOLLOWER, LINEARIZABLE, OPEN, READ, WRITE, Request, Router, Session, expire, settle, unreachable
 from .state_machines import KVStore
 from .storage.file import FileStorage
 from .storage.simdisk import SimCrash, SimDisk
@@ -128,21 +130,68 @@ class SimResult:
 
 
 class _Client:
-    def __init__(self, cid: int):
+    """A simulated client process: one session, one operation at a time, driven by the same
+    rules as the Ray client (:mod:`raft_actors.session`). It is the sink of its requests: what
+    they end with goes into the history."""
+
+    def __init__(self, sim: Simulator, cid: int):
+        self.sim = sim
         self.id = cid
-        self.seq = 0
-        self.session: int | None = None  # opened by its first write; again if the cluster expires it
-        self.opening = False  # the request in flight opens the session
+        self.session = Session()
+        self.router = Router(sim.rng.choice)
         self.n_ops = 0
-        self.hint = 0
         self.kind = ""
         self.payload: Any = None
-        self.encoded = b""
-        self.mode = LINEARIZABLE
+        self.req: Request | None = None  # the operation's request (or the session opening first)
+        self.op: Request | None = None  # the operation's own request
         self.call = 0
-        self.deadline = 0
         self.attempt = 0
-        self.busy = False
+
+    # the sink of the operation's request
+    def put(self, positions: Any, values: Any) -> None:
+        sim = self.sim
+        sim.history.append(Operation(self.id, self.payload, self.call, sim.now, values[0]))
+        if self.kind == "write":
+            assert self.op is not None
+            sim.acked.append((self.op.cid, self.op.seqs[0]))
+        self._finish()
+
+    def put_error(self, position: int, exc: BaseException) -> None:
+        sim = self.sim
+        if isinstance(exc, UnknownOutcomeError):
+            if self.kind == "write":  # it may have been applied: the checker allows either
+                sim.history.append(Operation(self.id, self.payload, self.call, None))
+        elif not isinstance(exc, RaftTimeoutError):
+            # a result (e.g. the state machine raised): it happened, with this answer
+            sim.history.append(Operation(self.id, self.payload, self.call, sim.now, f"error:{type(exc).__name__}"))
+        # a plain timeout: nothing was applied (a write never reached a leader), nothing observed
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.op is not None and self.op.kind == WRITE:
+            self.session.finished(self.op)
+        self.req = self.op = None
+        self.attempt += 1
+        self.sim._at(1 + self.sim.rng.randrange(20), lambda: self.sim._next_op(self))
+
+
+class _Opener:
+    """The sink of a simulated client's session opening."""
+
+    def __init__(self, client: _Client):
+        self.client = client
+
+    def put(self, positions: Any, values: Any) -> None:
+        c = self.client
+        c.session.opened(values[0])
+        c.req = c.op
+        c.sim._attempt(c)
+
+    def put_error(self, position: int, exc: BaseException) -> None:
+        c = self.client
+        c.session.opening = False
+        assert c.op is not None
+        c.op.fail(RaftTimeoutError(f"could not open a session: {exc}"))
 
 
 class Simulator:
@@ -191,7 +240,7 @@ class Simulator:
         self.started: set[int] = set()  # nodes that ran before: one that comes back empty lost its state
         self.nodes: dict[int, Replica | None] = {}
         self.cut: set[tuple[int, int]] = set()  # (from, to) links that carry nothing
-        self.clients = [_Client(1000 + c) for c in range(num_clients)]
+        self.clients = [_Client(self, 1000 + c) for c in range(num_clients)]
         self.history: list[Operation] = []
         self.violations: list[str] = []
         self.leaders: dict[int, int] = {}
@@ -202,7 +251,7 @@ class Simulator:
         self.applied: dict[int, Entry] = {}
         self._seen_commit: dict[int, int] = {}
         self._seen_applied: dict[int, int] = {}
-        self._acked: list[tuple[int, int]] = []
+        self.acked: list[tuple[int, int]] = []
         self.stats = {"messages": 0, "dropped": 0, "crashes": 0, "torn_crashes": 0, "partitions": 0, "elections": 0,
                       "snapshots": 0, "added": 0, "promoted": 0, "removed": 0, "conf_refused": 0}
         self.faults_on = True
@@ -298,16 +347,17 @@ class Simulator:
             return False
 
     def _flush(self, node: Replica) -> None:
-        out: list[Message] = []
+        # what is sent is on its way at once: a crash later in the same ready (e.g. while a
+        # leader syncs the entries it sent before writing them) does not call it back
+        def send(messages: list[Message]) -> None:
+            for m in messages:
+                self._send(m)
+
         try:
-            if not self._guard(node, lambda: out.extend(node.process_ready())):
-                return
+            self._guard(node, lambda: node.process_ready(send))
         except SimCrash:
             self.stats["torn_crashes"] += 1
             self._crash(node.id)
-            return
-        for m in out:
-            self._send(m)
 
     def active(self) -> list[int]:
         """Nodes not removed and stopped (up or down)."""
@@ -533,90 +583,109 @@ class Simulator:
             return
         c.n_ops += 1
         c.kind, c.payload = self.workload(self.rng, c.id, c.n_ops)
-        if c.kind == "write":
-            c.seq += 1
-            c.opening = c.session is None
-            c.encoded = encode_register() if c.opening else encode_request(c.session, c.seq, c.seq, c.payload)
-        else:
-            c.mode = FOLLOWER if self.rng.random() < self.follower_reads else LINEARIZABLE
         c.call = self.now
-        c.deadline = self.now + 1500
-        c.busy = True
+        deadline = self.now + 1500
+        if c.kind == "write":
+            c.op = Request(WRITE, [c.payload], c, deadline, c.session)
+        else:
+            mode = FOLLOWER if self.rng.random() < self.follower_reads else LINEARIZABLE
+            c.op = Request(READ, [c.payload], c, deadline, mode=mode)
+        self._begin(c)
+
+    def _begin(self, c: _Client) -> None:
+        """Send the operation, opening the client's session first if it has none."""
+        op = c.op
+        assert op is not None
+        if op.kind == WRITE and not c.session.is_open:
+            c.session.opening = True
+            c.req = Request(OPEN, [None], _Opener(c), op.deadline, c.session)
+        else:
+            c.req = op
         self._attempt(c)
 
     def _attempt(self, c: _Client) -> None:
-        if not c.busy:
+        req = c.req
+        if req is None:
             return
-        if self.now >= c.deadline:
-            # give up: a write's outcome is unknown, a read that never returned tells nothing
-            if c.kind == "write":
-                self.history.append(Operation(c.id, c.payload, c.call, None))
-            self._finish(c)
+        if self.now >= req.deadline:
+            if req.kind == OPEN:
+                req.sink.put_error(0, RaftTimeoutError("deadline"))
+            else:
+                expire(req)
             return
+        if req.kind == WRITE and not req.seqs:
+            c.session.number(req)
         c.attempt += 1
         attempt = c.attempt
-        if c.kind == "read" and c.mode == FOLLOWER:
-            target = self.rng.choice(self.active())
+        req.tries += 1
+        target = c.router.pick(self.active(), None if req.kind != READ else req.mode)
+        req.target = target
+        if req.kind == OPEN:
+            payload = OPEN_SESSION_CALL
+        elif req.kind == WRITE:
+            req.cid = c.session.client_id
+            payload = dumps([(req.cid, req.seqs[0], c.session.ack(), 1, encode_values(req.items))])
         else:
-            target = c.hint if c.hint else self.rng.choice(self.active())
+            payload = dumps([(1, encode_values(req.items))])
+        req.in_flight = True
         if not self._lost():
-            self._at(self._delay(), lambda: self._request_at(c, attempt, target))
-        self._at(120, lambda: self._attempt_timed_out(c, attempt))
+            self._at(self._delay(), lambda: self._request_at(c, attempt, target, req, payload))
+        self._at(120, lambda: self._attempt_timed_out(c, attempt, target))
 
-    def _attempt_timed_out(self, c: _Client, attempt: int) -> None:
-        if c.busy and c.attempt == attempt:
-            c.hint = 0
+    def _attempt_timed_out(self, c: _Client, attempt: int, target: int) -> None:
+        if c.req is not None and c.attempt == attempt:
+            unreachable(c.req)
+            c.router.lost(target, died=False)
             self._attempt(c)
 
-    def _request_at(self, c: _Client, attempt: int, target: int) -> None:
+    def _request_at(self, c: _Client, attempt: int, target: int, req: Request, payload: bytes) -> None:
         node = self.nodes.get(target)
         if node is None:
             return
 
-        def reply(outcomes: Outcome | list[Outcome]) -> None:
-            out = outcomes[0] if isinstance(outcomes, list) else outcomes
+        def reply(outcomes: list[Outcome]) -> None:
             if not self._lost():
-                self._at(self._delay(), lambda: self._response(c, attempt, target, out))
+                self._at(self._delay(), lambda: self._response(c, attempt, target, outcomes))
 
         try:
-            if c.kind == "write":
-                node.propose([c.encoded], [reply])
+            if req.kind == READ:
+                node.read(req.items, req.mode, reply)
             else:
-                node.read([c.payload], c.mode, reply)
+                node.propose(node.prepare_batch(payload), reply)
         except NotLeaderError as exc:
-            reply(Outcome(False, exc))
+            reply([Outcome(False, exc)])
         self._flush(node)
 
-    def _response(self, c: _Client, attempt: int, target: int, out: Outcome) -> None:
-        if not c.busy or c.attempt != attempt:
+    def _response(self, c: _Client, attempt: int, target: int, outcomes: list[Outcome]) -> None:
+        req = c.req
+        if req is None or c.attempt != attempt:
             return
-        if c.opening and out.ok:  # the session is open: now the write itself, within the same deadline
-            c.session, c.opening = out.value, False
-            c.encoded = encode_request(c.session, c.seq, c.seq, c.payload)
-            self._attempt(c)
+        values, errors = results_of(outcomes)
+        mode = None if req.kind != READ else req.mode
+        if req.kind == OPEN:
+            req.in_flight = False
+            if not errors:
+                c.router.answered(target, mode)
+                req.sink.put([0], values)
+                return
+            hint = getattr(errors[0], "leader_hint", 0)
+            wait = c.router.redirected(target, hint, self.active(), mode)
+            self._at(5 + self.rng.randrange(20) if wait else 0, lambda: self._attempt(c))
             return
-        if not out.ok and isinstance(out.value, SessionExpiredError):
-            # an earlier attempt may have been applied: the outcome is unknown; open a new session
-            self.history.append(Operation(c.id, c.payload, c.call, None))
-            c.session = None
-            self._finish(c)
+        st = settle(req, values, errors)
+        if st.expired:
+            c.session.forget(req.cid)
+        if st.again is None and st.reopen is None:
+            c.router.answered(target, mode)
+            return  # the sink got everything: the client moved on
+        if st.reopen is not None:
+            c.session.lost(st.reopen)
+            c.op = st.reopen
+            self._begin(c)
             return
-        if not out.ok and isinstance(out.value, (NotLeaderError, TimeoutError)):
-            hint = getattr(out.value, "leader_hint", 0)
-            c.hint = hint if hint and hint != target else 0
-            self._at(5 + self.rng.randrange(20), lambda: self._attempt(c))
-            return
-        c.hint = target if c.mode == LINEARIZABLE or c.kind == "write" else c.hint
-        value = out.value if out.ok else f"error:{type(out.value).__name__}"
-        self.history.append(Operation(c.id, c.payload, c.call, self.now, value))
-        if c.kind == "write":
-            self._acked.append((c.session, c.seq))
-        self._finish(c)
-
-    def _finish(self, c: _Client) -> None:
-        c.busy = False
-        c.attempt += 1
-        self._at(1 + self.rng.randrange(20), lambda: self._next_op(c))
+        c.op = c.req = st.again
+        wait = c.router.redirected(target, st.hint, self.active(), mode)
+        self._at(5 + self.rng.randrange(20) if wait else 0, lambda: self._attempt(c))
 
     # ------------------------------------------------------------------ safety checks
     def _violation(self, text: str) -> None:
@@ -682,12 +751,13 @@ class Simulator:
         present = set()
         for idx, e in self.applied.items():
             if idx <= final_commit and e.kind == EntryKind.NORMAL:
-                req = decode_request(e.command)
-                present.add((req.client_id, req.seq))
+                for cid, seq, _, cmds in decode_parts(decode_call(e.command)):
+                    if cmds is not None:
+                        present.update((cid, s) for s in seqs_of(seq, len(cmds)))
         missing = [k for k in range(1, final_commit + 1) if k not in self.applied]
         if missing:
             self._violation(f"committed entries never applied by any node: {missing[:5]}...")
-        for key in self._acked:
+        for key in self.acked:
             if key not in present:
                 self._violation(f"acknowledged write {key} is not in the final committed log")
         # nodes whose removal committed without the sim hearing of it are left behind: fine

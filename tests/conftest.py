@@ -9,7 +9,7 @@ import pytest
 
 from .waiting import wait_until
 
-__all__ = ["cluster_with_keys", "open_session", "wait_until"]
+__all__ = ["cluster_with_keys", "open_session", "read_call", "submit_call", "wait_until"]
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -58,8 +58,27 @@ def open_session(handle) -> int:
     """Open a client session through node ``handle`` (the leader); returns its id."""
     import ray
 
-    from raft_actors.envelope import dumps, encode_register, loads
+    from raft_actors.envelope import OPEN_SESSION_CALL, outcomes_of
 
-    (out,) = loads(ray.get(handle.submit.remote(dumps([encode_register()]))))
+    (out,) = outcomes_of(ray.get(handle.submit.remote(OPEN_SESSION_CALL)))
     assert out.ok, out
     return out.value
+
+
+def submit_call(handle, session, seq: int, *commands, timeout: float = 30):
+    """Send one call of ``commands`` (session ``session``, from sequence number ``seq``) to a
+    node directly; returns one Outcome per command."""
+    import ray
+
+    from raft_actors.envelope import outcomes_of, request_call
+
+    return outcomes_of(ray.get(handle.submit.remote(request_call(session, seq, seq, *commands)), timeout=timeout))
+
+
+def read_call(handle, mode: str, *queries, timeout: float = 30):
+    """Run ``queries`` on a node directly at consistency ``mode``; one Outcome per query."""
+    import ray
+
+    from raft_actors.envelope import outcomes_of, query_call
+
+    return outcomes_of(ray.get(handle.read.remote(query_call(*queries), mode), timeout=timeout))

@@ -57,11 +57,10 @@ def read_at(handle: Any, keys: list[str]) -> dict[str, Any]:
     that node's own state machine."""
     import ray
 
-    from raft_actors.envelope import dumps, encode_query, loads
+    from raft_actors.envelope import outcomes_of, query_call
     from raft_actors.state_machines import get
 
-    outcomes = loads(ray.get(handle.read.remote(dumps([encode_query(get(k)) for k in keys]), "follower"),
-                             timeout=30))
+    outcomes = outcomes_of(ray.get(handle.read.remote(query_call(*[get(k) for k in keys]), "follower"), timeout=30))
     failed = [o for o in outcomes if not o.ok]
     assert not failed, f"reads failed at the node: {failed[:3]}"
     return {k: o.value for k, o in zip(keys, outcomes, strict=True)}

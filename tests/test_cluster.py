@@ -18,11 +18,11 @@ from raft_actors import (
     NodeNotFoundError,
     RaftConfig,
 )
-from raft_actors.envelope import dumps, encode_query, encode_request, loads
+from raft_actors.envelope import outcomes_of, request_call
 from raft_actors.linearizability import Operation, check, kv_model
 from raft_actors.state_machines import cas, get, put
 
-from .conftest import cluster_with_keys, open_session, wait_until
+from .conftest import cluster_with_keys, open_session, read_call, submit_call, wait_until
 
 
 def roles(cluster) -> dict[int, str]:
@@ -99,7 +99,7 @@ def test_minority_partition_commits_nothing_and_its_entries_are_replaced(cluster
     before = cluster.status()
     commit_before = int(before.loc[old, "commit_index"])
     # Propose straight to the old leader: it appends, but cannot reach a majority.
-    ref = cluster.handle(old).submit.remote(dumps([encode_request(999, 1, 1, put("lost", "x"))]))
+    ref = cluster.handle(old).submit.remote(request_call(999, 1, 1, put("lost", "x")))
     wait_until(lambda: cluster.status().loc[old, "log_length"] > before.loc[old, "log_length"], what="the append")
     majority = [i for i in cluster.node_ids if i not in minority]
     wait_until(lambda: any(roles(cluster)[i] == "leader" for i in majority), what="a majority leader")
@@ -110,14 +110,13 @@ def test_minority_partition_commits_nothing_and_its_entries_are_replaced(cluster
     assert int(st.loc[minority[1], "commit_index"]) <= commit_before
     cluster.heal()
     # The old leader learns of the newer term, steps down, and its uncommitted entry is replaced.
-    outcome = loads(ray.get(ref, timeout=30))[0]
+    outcome = outcomes_of(ray.get(ref, timeout=30))[0]
     assert not outcome.ok
     wait_until(lambda: cluster.status()["applied_index"].nunique() == 1, what="convergence after healing")
     assert client.query(get("lost")) is None
     assert client.query(get("majority")) == 1
-    stale_read = dumps([encode_query(get("lost"))])
     for node in cluster.node_ids:  # every replica, asked directly
-        assert loads(ray.get(cluster.handle(node).read.remote(stale_read, "stale")))[0] == (True, None)
+        assert read_call(cluster.handle(node), "stale", get("lost"))[0] == (True, None)
 
 
 def run_clients(cluster, workers: int, ops: int, make_op) -> list[Operation]:
@@ -300,9 +299,9 @@ def test_crashed_node_is_restarted_by_ray(cluster_factory) -> None:
 def test_exactly_once_for_a_retried_request(cluster_factory) -> None:
     cluster = cluster_factory(num_nodes=3, state_machine=Counter)
     leader = cluster.handle(cluster.leader())
-    payload = dumps([encode_request(open_session(leader), 1, 1, ("add", 5))])
-    first = loads(ray.get(leader.submit.remote(payload)))
-    again = loads(ray.get(leader.submit.remote(payload)))  # the same session and sequence number
+    session = open_session(leader)
+    first = submit_call(leader, session, 1, ("add", 5))
+    again = submit_call(leader, session, 1, ("add", 5))  # the same session and sequence number
     assert first[0].ok and again[0].ok and first[0].value == again[0].value == 5
     assert cluster.client().query(("get",)) == 5
     st = cluster.status()

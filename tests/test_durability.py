@@ -8,12 +8,11 @@ import os
 import threading
 
 import pytest
-import ray
 
 from raft_actors import NodeStartupError, RaftCluster, RaftConfig, RaftError
 from raft_actors.state_machines import get, put
 
-from .conftest import cluster_with_keys, open_session, wait_until
+from .conftest import cluster_with_keys, open_session, read_call, submit_call, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,12 +28,9 @@ def converged(cluster) -> bool:
 
 def stale_state(cluster, node: int) -> dict:
     """Everything node ``node`` holds, read from that node alone."""
-    from raft_actors.envelope import dumps, encode_query, loads
-
     h = cluster.handle(node)
-    (keys,) = loads(ray.get(h.read.remote(dumps([encode_query(("keys",))]), "stale")))
-    queries = [encode_query(get(k)) for k in sorted(keys.value)]
-    values = loads(ray.get(h.read.remote(dumps(queries), "stale")))
+    (keys,) = read_call(h, "stale", ("keys",))
+    values = read_call(h, "stale", *[get(k) for k in sorted(keys.value)])
     return {k: v.value for k, v in zip(sorted(keys.value), values)}
 
 
@@ -140,7 +136,7 @@ def test_every_node_killed_abruptly_under_load_loses_no_acknowledged_write(clust
 
 
 def test_cluster_relaunched_from_its_data_directory_recovers_everything(ray_session, tmp_path) -> None:
-    cfg = RaftConfig(snapshot_entries=50, keep_entries=10)
+    cfg = RaftConfig(snapshot_commands=50, keep_bytes=1000)
     with RaftCluster.launch(num_nodes=3, config=cfg, name="relaunch", data_dir=tmp_path) as cluster:
         bulk_write(cluster, 200, "a")
         cluster.client().submit(put("last", 1))
@@ -182,7 +178,7 @@ def killed_follower(cluster) -> tuple[int, str, str]:
 
 
 def test_corrupt_log_stops_the_node_with_file_and_offset_and_a_wiped_node_rejoins(cluster_factory) -> None:
-    cluster, client = cluster_with_keys(cluster_factory, 30, config=RaftConfig(snapshot_entries=0, snapshot_bytes=0))
+    cluster, client = cluster_with_keys(cluster_factory, 30, config=RaftConfig(snapshot_commands=0, snapshot_bytes=0))
     victim, data, seg = killed_follower(cluster)
     with open(seg, "r+b") as f:
         size = f.seek(0, os.SEEK_END)
@@ -222,17 +218,20 @@ def test_torn_tail_is_cut_off_and_the_node_rejoins(cluster_factory) -> None:
 
 
 def test_node_down_for_thousands_of_entries_catches_up_by_snapshot(cluster_factory) -> None:
-    cfg = RaftConfig(snapshot_entries=500, keep_entries=100, snapshot_chunk_bytes=4096)
+    cfg = RaftConfig(snapshot_commands=500, keep_bytes=10_000, snapshot_chunk_bytes=4096)
     cluster = cluster_factory(num_nodes=3, config=cfg)
     client = cluster.client()
     client.submit(put("first", 0))
     victim = next(i for i in cluster.node_ids if i != cluster.leader())
     cluster.kill(victim)
     bulk_write(cluster, 3000, "k", size=32)
-    st = cluster.status()
     others = [i for i in cluster.node_ids if i != victim]
-    assert (st.loc[others, "snapshot_index"] >= 2500).all()
-    assert (st.loc[others, "log_entries"] <= 700).all()  # compacted: memory stays bounded
+    wait_until(lambda: (cluster.status().loc[others, "commands_applied"] > 3000).all(), what="both to apply")
+    st = cluster.status()
+    # a snapshot every 500 commands (a log entry carries a whole client call of them)
+    assert (st.loc[others, "snapshot_index"] > 0).all()
+    assert (st.loc[others, "commands_since_snapshot"] <= 500 + cfg.client_batch).all()
+    assert (st.loc[others, "log_entries"] <= 50).all()  # compacted: memory stays bounded
     cluster.restart(victim)
     wait_until(lambda: converged(cluster), timeout=60, what="catch-up by snapshot")
     st = cluster.status()
@@ -251,7 +250,7 @@ def test_node_down_for_thousands_of_entries_catches_up_by_snapshot(cluster_facto
 def test_snapshot_transfer_cut_by_partitions_and_lossy_links_still_completes(cluster_factory) -> None:
     """Every snapshot the leader means to send ends in a report, even when a partition or an
     injected loss stops it; after healing, the follower catches up."""
-    cfg = RaftConfig(snapshot_entries=50, keep_entries=0, snapshot_chunk_bytes=1024)
+    cfg = RaftConfig(snapshot_commands=50, keep_bytes=0, snapshot_chunk_bytes=1024)
     cluster = cluster_factory(num_nodes=3, config=cfg)
     leader = cluster.leader()
     victim = next(i for i in cluster.node_ids if i != leader)
@@ -273,7 +272,7 @@ def test_snapshot_transfer_cut_by_partitions_and_lossy_links_still_completes(clu
 def test_lagging_follower_serving_follower_reads_catches_up_by_snapshot(cluster_factory) -> None:
     """A lagging follower's own requests to the leader (ReadIndex for follower reads) are
     answered in the call's return value; a snapshot must never ride in such an answer."""
-    cfg = RaftConfig(snapshot_entries=50, keep_entries=0)
+    cfg = RaftConfig(snapshot_commands=50, keep_bytes=0)
     cluster = cluster_factory(num_nodes=3, config=cfg)
     victim = next(i for i in cluster.node_ids if i != cluster.leader())
     pid = int(cluster.status().loc[victim, "pid"])
@@ -294,12 +293,11 @@ def test_lagging_follower_serving_follower_reads_catches_up_by_snapshot(cluster_
 
 def test_snapshot_keeps_client_sessions_so_a_retry_after_compaction_is_not_applied_twice(cluster_factory) -> None:
     from raft_actors import Counter
-    from raft_actors.envelope import dumps, encode_request, loads
 
-    cfg = RaftConfig(snapshot_entries=20, keep_entries=0)
+    cfg = RaftConfig(snapshot_commands=20, keep_bytes=0)
     cluster = cluster_factory(num_nodes=3, state_machine=Counter, config=cfg)
-    payload = dumps([encode_request(open_session(cluster.handle(cluster.leader())), 1, 1, ("add", 5))])
-    first = loads(ray.get(cluster.handle(cluster.leader()).submit.remote(payload)))
+    session = open_session(cluster.handle(cluster.leader()))
+    first = submit_call(cluster.handle(cluster.leader()), session, 1, ("add", 5))
     client = cluster.client()
     for _ in range(60):
         client.submit(("add", 1))
@@ -311,6 +309,6 @@ def test_snapshot_keeps_client_sessions_so_a_retry_after_compaction_is_not_appli
     wait_until(lambda: converged(cluster), what="catch-up")
     # the retry reaches a leader whose sessions came (at least partly) from snapshots
     cluster.transfer_leadership(victim)
-    again = loads(ray.get(cluster.handle(victim).submit.remote(payload)))
+    again = submit_call(cluster.handle(victim), session, 1, ("add", 5))
     assert first[0].value == again[0].value == 5
     assert client.query(("get",)) == 125

@@ -28,7 +28,7 @@ def _writer(cluster, stop: threading.Event, acked: list[int], errors: list[BaseE
 
 
 def test_add_learner_under_load_catch_up_by_snapshot_promote_then_remove_the_leader(cluster_factory) -> None:
-    cfg = RaftConfig(snapshot_entries=1000, keep_entries=50)
+    cfg = RaftConfig(snapshot_commands=1000, keep_bytes=5000)
     cluster = cluster_factory(num_nodes=3, config=cfg)
     client = cluster.client()
     for k in range(30):
@@ -165,14 +165,14 @@ def test_writes_in_the_log_of_a_node_being_stopped_may_have_been_applied(cluster
     NotLeaderError, which tells a client the write was never proposed: after its session
     expired, the client would send it again in a new one and it would be applied twice."""
     from raft_actors import LeadershipLostError
-    from raft_actors.envelope import dumps, encode_request, loads
+    from raft_actors.envelope import outcomes_of, request_call
 
     cluster, leader = _leader_that_commits_nothing(cluster_factory)
     h = cluster.handle(leader)
     before = cluster.status().loc[leader, "log_length"]
     # a write of some session (it would be refused at apply time: it never gets that far)
-    ref = h.submit.remote(dumps([encode_request(1, 1, 1, put("x", 1))]))
+    ref = h.submit.remote(request_call(1, 1, 1, put("x", 1)))
     wait_until(lambda: cluster.status().loc[leader, "log_length"] > before, what="the write in the leader's log")
     ray.get(h.destroy_data.remote(), timeout=10)
-    (out,) = loads(ray.get(ref, timeout=10))
+    (out,) = outcomes_of(ray.get(ref, timeout=10))
     assert not out.ok and isinstance(out.value, LeadershipLostError), out

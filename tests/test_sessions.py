@@ -5,11 +5,11 @@ from __future__ import annotations
 from raft_actors import Counter, RaftConfig, SessionExpiredError
 from raft_actors.applier import Applier
 from raft_actors.core import Entry
-from raft_actors.envelope import encode_register, encode_request
+from raft_actors.envelope import OPEN_SESSION_CALL, dumps, encode_values, request_call
 
 
 class Log:
-    """Feeds an applier entries with consecutive indexes."""
+    """Feeds an applier entries with consecutive indexes, one client call each."""
 
     def __init__(self, applier: Applier):
         self.applier = applier
@@ -18,20 +18,32 @@ class Log:
         return self.applier.apply(Entry(1, self.applier.applied_index + 1, data))
 
     def open(self) -> int:
-        out = self._next(encode_register())
+        (out,) = self._next(OPEN_SESSION_CALL)
         assert out.ok
         return out.value
 
     def apply(self, session: int, seq: int, command: tuple):
-        return self._next(encode_request(session, seq, seq, command))
+        (out,) = self._next(request_call(session, seq, seq, command))
+        return out
 
 
-def test_a_session_is_opened_through_the_log_and_its_id_is_its_index() -> None:
+def test_a_session_is_opened_through_the_log_and_its_id_names_its_entry() -> None:
     log = Log(Applier(Counter()))
     a = log.open()
     log.apply(a, 1, ("add", 1))
     b = log.open()
-    assert (a, b) == (1, 3) and list(log.applier.sessions) == [1, 3]
+    assert (a >> 16, b >> 16) == (1, 3) and list(log.applier.sessions) == [a, b]
+
+
+def test_one_entry_carries_a_whole_call_of_several_sessions_in_order() -> None:
+    log = Log(Applier(Counter()))
+    a, b = log.open(), log.open()
+    call = dumps([(a, 1, 1, 2, encode_values([("add", 1), ("add", 2)])), (b, 1, 1, 1, encode_values([("add", 10)])),
+                  (a, 3, 1, 1, encode_values([("set", 0)]))])
+    outs = log._next(call)
+    assert [o.value for o in outs] == [1, 3, 13, 0]
+    assert [o.value for o in log._next(call)] == [1, 3, 13, 0]  # the whole call again: each applied once
+    assert log.applier.sm.value == 0 and log.applier.applied_commands == 4
 
 
 def test_a_retried_write_returns_the_first_result_without_running_again() -> None:

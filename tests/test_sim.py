@@ -37,8 +37,8 @@ def _scenario(seed: int) -> dict:
             max_entries_per_message=rng.choice([1, 3, 2048]),
             max_inflight=rng.choice([1, 4, 32]),
             # compact often, so that lagging and restarted nodes catch up by snapshot
-            snapshot_entries=rng.choice([0, 4, 16, 64]),
-            keep_entries=rng.choice([0, 2, 30]),
+            snapshot_commands=rng.choice([0, 4, 16, 64]),
+            keep_bytes=rng.choice([0, 150, 3000]),
             max_sessions=rng.choice([2, 3, 10_000]),  # expire sessions of busy clients
         ),
         "faults": faults,
@@ -78,7 +78,7 @@ def test_faults_actually_happen() -> None:
 
 
 def test_snapshots_are_taken_and_sent_in_the_simulator() -> None:
-    cfg = RaftConfig(snapshot_entries=8, keep_entries=0)
+    cfg = RaftConfig(snapshot_commands=8, keep_bytes=0)
     res = simulate(5, num_nodes=5, config=cfg, faults=Faults.chaos(), num_clients=4)
     assert res.ok, res.describe()
     assert res.stats["snapshots"] > 0
@@ -96,7 +96,7 @@ def test_broken_snapshot_install_is_caught() -> None:
 
     Applier.restore = forgetful
     try:
-        cfg = RaftConfig(snapshot_entries=4, keep_entries=0)
+        cfg = RaftConfig(snapshot_commands=4, keep_bytes=0)
         bad = [simulate(seed, config=cfg, faults=Faults.chaos(), num_clients=4) for seed in range(10)]
         assert any(not r.ok for r in bad)
     finally:

@@ -189,10 +189,10 @@ class _SlowNode:
         self.delay = delay
 
     async def submit(self, payload: bytes) -> bytes:
-        from raft_actors.envelope import Outcome, encode_outcomes, loads
+        from raft_actors.envelope import Outcome, decode_call, encode_results
 
         await asyncio.sleep(self.delay)
-        return encode_outcomes([Outcome(True, 1)] * len(loads(payload)))
+        return encode_results([Outcome(True, 1)] * sum(p[3] for p in decode_call(payload)))
 
 
 def test_open_loop_latency_counts_from_the_schedule_and_overload_is_recorded(ray_session) -> None:

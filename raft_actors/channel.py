@@ -1,0 +1,634 @@
+"""One client channel per process and cluster: every client session's calls travel through it.
+
+Blocking calls from any number of threads and coroutines from any number of event loops
+coalesce into the same Ray calls. Per node and kind of call (writes, or reads at one
+consistency) at most :data:`MAX_IN_FLIGHT` calls are out at once: what arrives meanwhile waits
+and leaves together in the next call, so batches grow with the load by themselves, up to
+``RaftConfig.client_batch`` requests a call (larger loads pipeline rather than move in
+lock-step). A call whose lane is idle leaves at once, from the caller's own thread, and its
+answer comes back through Ray's own completion callback: a lone blocking call costs about what
+a ``ray.get`` costs.
+
+The rules of what an answer means (retry where, in which session, whether the outcome is
+known) are :mod:`raft_actors.session`'s; this module moves bytes and keeps time for them. One
+daemon thread per channel keeps the timers: per-attempt timeouts, deadlines and backoffs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import ray
+
+from .config import RaftConfig
+from .envelope import OPEN_SESSION, decode_results, dumps, encode_values
+from .errors import ClusterUnavailableError, RaftError, RaftTimeoutError, UnknownOutcomeError
+from .session import (
+    ATTEMPT_TIMEOUT,
+    OPEN,
+    READ,
+    WRITE,
+    Request,
+    Router,
+    Session,
+    backoff,
+    expire,
+    settle,
+    unreachable,
+)
+
+log = logging.getLogger(__name__)
+
+#: calls in flight per node and kind of call
+MAX_IN_FLIGHT = 2
+
+Nodes = Callable[[], Mapping[int, Any]]
+
+
+class _Lane:
+    """Requests waiting for one node and one kind of call, and its calls in flight."""
+
+    __slots__ = ("in_flight", "mode", "node", "queue")
+
+    def __init__(self, node: int, mode: str | None):
+        self.node = node
+        self.mode = mode  # None: writes; else the reads' consistency
+        self.queue: deque[Request] = deque()
+        self.in_flight = 0
+
+
+class _Call:
+    __slots__ = ("lane", "over", "parts", "reqs")
+
+    def __init__(self, lane: _Lane, reqs: list[Request], parts: list[tuple]):
+        self.lane = lane
+        self.reqs = reqs
+        self.parts = parts  # what the call carries (built under the lock: sessions change)
+        self.over = False  # answered, or given up on (a late answer is then ignored)
+
+
+class Channel:
+    """The process's channel to one cluster (see the module doc). Get it with :meth:`of`."""
+
+    _channels: ClassVar[weakref.WeakValueDictionary[Any, Channel]] = weakref.WeakValueDictionary()
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, nodes: Nodes, config: RaftConfig, is_closed: Callable[[], bool] = lambda: False):
+        self._nodes = nodes
+        self.config = config
+        self._cluster_closed = is_closed
+        self.batch_limit = config.client_batch
+        self._lock = threading.Lock()
+        self._lanes: dict[tuple[int, str | None], _Lane] = {}
+        self.router = Router()
+        self._dead_handles: dict[int, Any] = {}  # the handle each dead node had when it died
+        self._closed = False
+        self._rng = random.Random()
+        # timers: a heap of (when, order, action); the timer thread sleeps until the first
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._wake = threading.Condition(self._lock)
+        self._sleeping_until = float("inf")
+        self._timer_thread: threading.Thread | None = None
+        self._pending: set[Request] = set()  # every request not yet ended (for close)
+        self.calls = 0  # Ray calls made (for tests and benchmarks)
+
+    @classmethod
+    def of(cls, nodes: Nodes, config: RaftConfig, is_closed: Callable[[], bool] = lambda: False) -> Channel:
+        """The channel every client of this process uses for the cluster ``nodes`` lists."""
+        with cls._registry_lock:
+            ch = cls._channels.get(nodes)
+            if ch is None or ch._closed:
+                ch = cls._channels[nodes] = Channel(nodes, config, is_closed)
+            return ch
+
+    # ------------------------------------------------------------------ requests in
+    def write(self, session: Session, commands: list[Any], sink: Any, timeout: float, blob: bytes | None = None) -> None:
+        """Send ``commands`` of ``session``; results go to ``sink`` (see ``session.Sink``)."""
+        req = Request(WRITE, commands, sink, time.monotonic() + timeout, session,
+                      blob=blob if blob is not None else encode_values(commands))
+        self._start(req)
+
+    def read(self, queries: list[Any], mode: str, sink: Any, timeout: float, blob: bytes | None = None) -> None:
+        """Run ``queries`` at consistency ``mode``; results go to ``sink``."""
+        req = Request(READ, queries, sink, time.monotonic() + timeout, mode=mode,
+                      blob=blob if blob is not None else encode_values(queries))
+        self._start(req)
+
+    def _start(self, req: Request) -> None:
+        self._check_open()
+        launch: list[_Call] = []
+        with self._lock:
+            self._pending.add(req)
+            self._timer(req.deadline, lambda: self._expire(req))
+            self._route(req, launch)
+        self._launch(launch)
+
+    def _route(self, req: Request, launch: list[_Call]) -> None:
+        """Under the lock: put ``req`` in the lane of the node to ask (a write waits for its
+        session to open first); collect the calls that can leave now."""
+        if req.kind == WRITE:
+            s = req.session
+            assert s is not None
+            if not s.is_open:
+                s.waiting.append(req)
+                if not s.opening:
+                    s.opening = True
+                    opener = Request(OPEN, [None], _Opened(self, s), req.deadline, s)
+                    self._pending.add(opener)
+                    self._timer(opener.deadline, lambda: self._expire(opener))
+                    self._route(opener, launch)
+                return
+            if not req.seqs:
+                s.number(req)
+        nodes = self._nodes()
+        if self.router.dead:
+            for i in list(self.router.dead):  # a dead node's actor replaced by a new one: ask it again
+                if i in nodes and nodes[i] is not self._dead_handles.get(i):
+                    self.router.dead.discard(i)
+        ids = sorted(nodes)
+        if not ids or self.router.all_dead(ids):
+            self._end(req, ClusterUnavailableError(f"every node of the cluster is dead: {ids}"))
+            return
+        mode = None if req.kind != READ else req.mode
+        node = self.router.pick(ids, mode)
+        req.target = node
+        lane = self._lanes.get((node, mode))
+        if lane is None:
+            lane = self._lanes[(node, mode)] = _Lane(node, mode)
+        lane.queue.append(req)
+        if lane.in_flight < MAX_IN_FLIGHT:
+            call = self._take(lane)
+            if call is not None:
+                launch.append(call)
+
+    def _take(self, lane: _Lane) -> _Call | None:
+        """Under the lock: the next call of ``lane`` (up to ``batch_limit`` requests' items)."""
+        q = lane.queue
+        reqs: list[Request] = []
+        n = 0
+        while q and (n == 0 or n + len(q[0]) <= self.batch_limit):
+            r = q.popleft()
+            if r not in self._pending:
+                continue  # it expired while it waited
+            reqs.append(r)
+            n += len(r)
+            r.in_flight = True
+            r.tries += 1
+        if not reqs:
+            return None
+        lane.in_flight += 1
+        parts = [_part(r) for r in reqs] if lane.mode is None else [(len(r), _blob(r)) for r in reqs]
+        return _Call(lane, reqs, parts)
+
+    # ------------------------------------------------------------------ calls out
+    def _launch(self, calls: list[_Call]) -> None:
+        for call in calls:
+            lane = call.lane
+            handle = self._nodes().get(lane.node)
+            try:
+                if handle is None:
+                    raise ray.exceptions.ActorDiedError()
+                payload = dumps(call.parts)
+                if lane.mode is None:
+                    ref = handle.submit.remote(payload)
+                else:
+                    ref = handle.read.remote(payload, lane.mode)
+            except Exception as exc:  # noqa: BLE001 - a handle Ray refuses: as if the call failed
+                self._failed(call, exc)
+                continue
+            self.calls += 1
+            with self._lock:
+                self._timer(time.monotonic() + ATTEMPT_TIMEOUT, lambda c=call: self._timed_out(c))
+            ref.future().add_done_callback(lambda fut, c=call: self._answered(c, fut))
+
+    def _answered(self, call: _Call, fut: Any) -> None:
+        """Ray's callback thread: a call ended."""
+        try:
+            values, errors = decode_results(fut.result())
+        except ray.exceptions.RayTaskError as exc:
+            # the node's method itself failed: deterministic, so not retried
+            self._settle_call(call, None, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - the node died, restarts, or the call was cancelled
+            self._failed(call, exc)
+            return
+        self._settle_call(call, (values, errors), None)
+
+    def _settle_call(self, call: _Call, answer: tuple[list, dict] | None, crash: BaseException | None) -> None:
+        with self._lock:
+            if call.over:
+                return
+            call.over = True
+        again: list[Request] = []
+        reopen: list[Request] = []
+        hint = 0
+        if answer is None:
+            text = f"node {call.lane.node} failed to handle the call: {crash}"
+            for r in call.reqs:
+                r.in_flight = False
+                if r.kind == OPEN:
+                    with self._lock:
+                        r.sink.give_up(RaftError(text))
+                else:
+                    r.fail(UnknownOutcomeError(text) if r.kind == WRITE else RaftError(text))
+        else:
+            values, errors = answer
+            off = 0
+            for r in call.reqs:
+                n = len(r)
+                if r.kind == OPEN:
+                    r.in_flight = False
+                    if not r.sink.open_answer(values[off], errors.get(off)):
+                        again.append(r)  # not the leader (or a timeout there): ask again
+                    off += n
+                    continue
+                errs = {i - off: e for i, e in errors.items() if off <= i < off + n} if errors else {}
+                st = settle(r, values[off:off + n], errs)
+                off += n
+                if st.expired and r.session is not None:
+                    with self._lock:
+                        r.session.forget(r.cid)
+                hint = st.hint or hint
+                if st.again is not None:
+                    again.append(st.again)
+                if st.reopen is not None:
+                    reopen.append(st.reopen)
+        self._after(call, again, reopen, hint, answered=answer is not None)
+
+    def _failed(self, call: _Call, exc: BaseException) -> None:
+        """A call got no answer: the node is dead, restarting or cut off."""
+        with self._lock:
+            if call.over:
+                return
+            call.over = True
+            died = isinstance(exc, ray.exceptions.ActorDiedError) and not isinstance(
+                exc, ray.exceptions.ActorUnavailableError)
+            self.router.lost(call.lane.node, died)
+            if died:
+                self._dead_handles[call.lane.node] = self._nodes().get(call.lane.node)
+        for r in call.reqs:
+            unreachable(r)
+        self._after(call, list(call.reqs), [], 0, answered=False, backoff_all=True)
+
+    def _timed_out(self, call: _Call) -> None:
+        """Timer thread: no answer within ``ATTEMPT_TIMEOUT``: ask elsewhere."""
+        if not call.over:
+            self._failed(call, TimeoutError("no answer in time"))
+
+    def _after(self, call: _Call, again: list[Request], reopen: list[Request], hint: int, answered: bool,
+               backoff_all: bool = False) -> None:
+        """What follows an answer (or its absence): the retries, the next call of the lane."""
+        launch: list[_Call] = []
+        with self._lock:
+            lane = call.lane
+            lane.in_flight -= 1
+            wait = backoff_all
+            if answered:
+                if again:
+                    wait = self.router.redirected(lane.node, hint, sorted(self._nodes()), lane.mode)
+                else:
+                    self.router.answered(lane.node, lane.mode)
+            going = {id(r) for r in again} | {id(r) for r in reopen}
+            for r in call.reqs:
+                if id(r) not in going:
+                    self._finish(r)  # every item is done (or goes on in a part of it: below)
+            for r in again + reopen:
+                if r not in self._pending:  # a part of a request: it carries on in its place
+                    if r.kind == WRITE and r.session is not None:
+                        r.session.track(r)
+                    self._pending.add(r)
+                    self._timer(r.deadline, lambda r=r: self._expire(r))
+            for r in reopen:
+                assert r.session is not None
+                r.session.lost(r)
+            for r in again:
+                if wait:
+                    delay = backoff(r.tries, self._rng.random())
+                    self._timer(time.monotonic() + delay, lambda r=r: self._retry(r))
+                else:
+                    self._route(r, launch)
+            for r in reopen:
+                self._route(r, launch)
+            if lane.queue and lane.in_flight < MAX_IN_FLIGHT:
+                nxt = self._take(lane)
+                if nxt is not None:
+                    launch.append(nxt)
+        self._launch(launch)
+
+    def _retry(self, req: Request) -> None:
+        """Timer thread: a backoff ended."""
+        launch: list[_Call] = []
+        with self._lock:
+            if req not in self._pending:
+                return
+            self._route(req, launch)
+        self._launch(launch)
+
+    def _finish(self, req: Request) -> None:
+        """Under the lock: ``req`` has ended (its sink has every result)."""
+        if req in self._pending:
+            self._pending.discard(req)
+            if req.kind == WRITE and req.session is not None:
+                req.session.finished(req)
+
+    def _end(self, req: Request, exc: BaseException) -> None:
+        """Under the lock: fail ``req`` (and, for a session opening, the writes waiting on it)."""
+        if req not in self._pending:
+            return
+        self._pending.discard(req)
+        if req.kind == OPEN:
+            req.sink.give_up(exc)
+            return
+        req.fail(exc)
+        if req.kind == WRITE and req.session is not None:
+            req.session.finished(req)
+
+    def _expire(self, req: Request) -> None:
+        """Timer thread: ``req``'s deadline passed."""
+        with self._lock:
+            if req not in self._pending:
+                return
+            self._pending.discard(req)
+            if req.kind == OPEN:
+                req.sink.give_up(RaftTimeoutError("could not open a client session before the deadline"))
+                return
+            if req.kind == WRITE and req.session is not None:
+                if req in req.session.waiting:
+                    req.session.waiting.remove(req)
+                req.session.finished(req)
+        expire(req)
+
+    # ------------------------------------------------------------------ sessions
+    def _opened(self, session: Session, cid: Any) -> None:
+        launch: list[_Call] = []
+        with self._lock:
+            for r in session.opened(cid):
+                if r in self._pending:
+                    self._route(r, launch)
+        self._launch(launch)
+
+    def _open_failed(self, session: Session, exc: BaseException) -> None:
+        """Under the lock: a session could not be opened: the writes waiting on it fail (they
+        were never sent: a plain timeout, not an unknown outcome)."""
+        session.opening = False
+        waiting, session.waiting = session.waiting, []
+        if isinstance(exc, TimeoutError):
+            exc = RaftTimeoutError(f"could not open a client session: {exc}")
+        for r in waiting:
+            if r in self._pending:
+                self._pending.discard(r)
+                r.fail(exc)
+
+    # ------------------------------------------------------------------ timers
+    def _timer(self, when: float, action: Callable[[], None]) -> None:
+        """Under the lock: run ``action`` on the timer thread at ``when``."""
+        heapq.heappush(self._timers, (when, next(self._order), action))
+        if self._timer_thread is None:
+            self._timer_thread = threading.Thread(target=self._timer_loop, name="raft-client-timers", daemon=True)
+            self._timer_thread.start()
+        elif when < self._sleeping_until:
+            self._wake.notify()
+
+    def _timer_loop(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    if self._closed and not self._timers:
+                        return
+                    now = time.monotonic()
+                    if self._timers and self._timers[0][0] <= now:
+                        _, _, action = heapq.heappop(self._timers)
+                        break
+                    self._sleeping_until = self._timers[0][0] if self._timers else now + 60
+                    self._wake.wait(self._sleeping_until - now)
+                    self._sleeping_until = float("inf")
+            try:
+                action()
+            except Exception:  # a timer must never kill the thread
+                log.exception("client timer failed")
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self, exc: BaseException | None = None) -> None:
+        """Fail every pending request (:class:`ClusterUnavailableError`) and stop."""
+        exc = exc or ClusterUnavailableError("the cluster has been shut down")
+        with self._lock:
+            self._closed = True
+            pending = list(self._pending)
+            for r in pending:
+                self._end(r, exc)
+            self._timers.clear()
+            self._wake.notify()
+
+    def fail_session(self, session: Session, exc: BaseException) -> None:
+        """Fail every pending request of ``session`` (its client was closed)."""
+        with self._lock:
+            for r in [r for r in self._pending if r.session is session]:
+                self._end(r, exc)
+
+    def _check_open(self) -> None:
+        if self._closed or self._cluster_closed():
+            raise ClusterUnavailableError("the cluster has been shut down")
+
+
+def _part(r: Request) -> tuple:
+    """Under the lock: a write request as a part of a call (see :mod:`raft_actors.envelope`)."""
+    if r.kind == OPEN:
+        return OPEN_SESSION
+    s = r.session
+    assert s is not None and s.client_id is not None
+    seqs = r.seqs
+    first: Any = seqs.start if isinstance(seqs, range) else tuple(seqs)
+    r.cid = s.client_id
+    return (s.client_id, first, s.ack(), len(r), _blob(r))
+
+
+def _blob(r: Request) -> bytes:
+    if r.blob is None:
+        r.blob = encode_values(r.items)
+    return r.blob
+
+
+class _Opened:
+    """The sink of a session opening: opens the session, or fails the writes waiting on it."""
+
+    __slots__ = ("channel", "done", "session")
+
+    def __init__(self, channel: Channel, session: Session):
+        self.channel = channel
+        self.session = session
+        self.done = False
+
+    def open_answer(self, value: Any, error: BaseException | None) -> bool:
+        """The node's answer: the new session's id, or an error. Returns whether it is final."""
+        from .errors import NotLeaderError
+
+        if error is None:
+            self.done = True
+            self.channel._opened(self.session, value)
+            return True
+        if isinstance(error, NotLeaderError | TimeoutError):
+            return False
+        with self.channel._lock:
+            self.give_up(error)
+        return True
+
+    def give_up(self, exc: BaseException) -> None:
+        """Under the channel's lock."""
+        self.done = True
+        self.channel._open_failed(self.session, exc)
+
+    def put(self, positions: Sequence[int], values: Sequence[Any]) -> None:  # pragma: no cover - not used
+        raise AssertionError("a session opening has no positions")
+
+    def put_error(self, position: int, exc: BaseException) -> None:  # pragma: no cover - not used
+        raise AssertionError("a session opening fails through give_up")
+
+
+# ---------------------------------------------------------------------------- sinks
+
+
+class One:
+    """The sink of one blocking call: the caller waits on it."""
+
+    __slots__ = ("exc", "lock", "value")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.value: Any = None
+        self.exc: BaseException | None = None
+
+    def put(self, positions: Sequence[int], values: Sequence[Any]) -> None:
+        if self.lock.locked():
+            self.value = values[0]
+            self.lock.release()
+
+    def put_error(self, position: int, exc: BaseException) -> None:
+        if self.lock.locked():
+            self.exc = exc
+            self.lock.release()
+
+    def wait(self, timeout: float) -> Any:
+        if not self.lock.acquire(timeout=timeout):
+            raise RaftTimeoutError("the client channel did not answer")  # never: deadlines end every call
+        if self.exc is not None:
+            raise self.exc
+        return self.value
+
+
+class Many:
+    """The sink of a batch of calls: results by position; ``on_done`` once all are in."""
+
+    __slots__ = ("errors", "left", "lock", "on_done", "values")
+
+    _MISSING = object()
+
+    def __init__(self, n: int, on_done: Callable[[Many], None] | None = None):
+        self.values: list[Any] = [Many._MISSING] * n
+        self.errors: dict[int, BaseException] = {}
+        self.left = n
+        self.lock = threading.Lock()
+        self.on_done = on_done
+
+    def put(self, positions: Sequence[int], values: Sequence[Any]) -> None:
+        with self.lock:
+            vals, missing = self.values, Many._MISSING
+            n = 0
+            for p, v in zip(positions, values):
+                if vals[p] is missing:
+                    vals[p] = v
+                    n += 1
+            self.left -= n
+            done = n and not self.left
+        if done and self.on_done is not None:
+            self.on_done(self)
+
+    def put_error(self, position: int, exc: BaseException) -> None:
+        with self.lock:
+            if self.values[position] is not Many._MISSING:
+                return
+            self.values[position] = None
+            self.errors[position] = exc
+            self.left -= 1
+            done = not self.left
+        if done and self.on_done is not None:
+            self.on_done(self)
+
+
+class Waiter(Many):
+    """A :class:`Many` a blocking caller waits on."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self, n: int):
+        super().__init__(n, self._release)
+        self._event = threading.Lock()
+        self._event.acquire()
+
+    def _release(self, _: Many) -> None:
+        self._event.release()
+
+    def wait(self, timeout: float) -> None:
+        if not self._event.acquire(timeout=timeout):
+            raise RaftTimeoutError("the client channel did not answer")
+
+
+class AsyncOne:
+    """The sink of one coroutine's call: resolves an asyncio future from any thread."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.future = loop.create_future()
+
+    def put(self, positions: Sequence[int], values: Sequence[Any]) -> None:
+        _resolve_soon(self.loop, self.future, values[0], None)
+
+    def put_error(self, position: int, exc: BaseException) -> None:
+        _resolve_soon(self.loop, self.future, None, exc)
+
+
+# Coroutines are resolved in bunches: one call_soon_threadsafe (a write to the loop's wake-up
+# pipe) per event loop for all the futures an answer resolves, not one per future.
+_batches: dict[asyncio.AbstractEventLoop, list] = {}
+_batches_lock = threading.Lock()
+
+
+def _resolve_soon(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, value: Any, exc: BaseException | None) -> None:
+    with _batches_lock:
+        batch = _batches.get(loop)
+        if batch is None:
+            batch = _batches[loop] = []
+            first = True
+        else:
+            first = False
+        batch.append((fut, value, exc))
+    if first:
+        try:
+            loop.call_soon_threadsafe(_resolve_batch, loop)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            with _batches_lock:
+                _batches.pop(loop, None)
+
+
+def _resolve_batch(loop: asyncio.AbstractEventLoop) -> None:
+    with _batches_lock:
+        batch = _batches.pop(loop, [])
+    for fut, value, exc in batch:
+        if not fut.done():
+            if exc is None:
+                fut.set_result(value)
+            else:
+                fut.set_exception(exc)
