@@ -33,6 +33,7 @@ import ray
 from .config import RaftConfig
 from .envelope import OPEN_SESSION, decode_results, dumps, encode_values
 from .errors import ClusterUnavailableError, RaftError, RaftTimeoutError, UnknownOutcomeError
+from .raycall import outcome, when_done
 from .session import (
     ATTEMPT_TIMEOUT,
     OPEN,
@@ -50,7 +51,7 @@ from .session import (
 log = logging.getLogger(__name__)
 
 #: calls in flight per node and kind of call
-MAX_IN_FLIGHT = 2
+MAX_IN_FLIGHT = 1
 
 Nodes = Callable[[], Mapping[int, Any]]
 
@@ -113,26 +114,31 @@ class Channel:
             return ch
 
     # ------------------------------------------------------------------ requests in
-    def write(self, session: Session, commands: list[Any], sink: Any, timeout: float, blob: bytes | None = None) -> None:
-        """Send ``commands`` of ``session``; results go to ``sink`` (see ``session.Sink``)."""
+    def write(self, session: Session, commands: list[Any], sink: Any, timeout: float, blob: bytes | None = None,
+              blocking: bool = False) -> None:
+        """Send ``commands`` of ``session``; results go to ``sink`` (see ``session.Sink``).
+        ``blocking``: the caller waits for them on this thread (it may wait for its call here)."""
         req = Request(WRITE, commands, sink, time.monotonic() + timeout, session,
                       blob=blob if blob is not None else encode_values(commands))
-        self._start(req)
+        self._start(req, blocking)
 
-    def read(self, queries: list[Any], mode: str, sink: Any, timeout: float, blob: bytes | None = None) -> None:
+    def read(self, queries: list[Any], mode: str, sink: Any, timeout: float, blob: bytes | None = None,
+             blocking: bool = False) -> None:
         """Run ``queries`` at consistency ``mode``; results go to ``sink``."""
         req = Request(READ, queries, sink, time.monotonic() + timeout, mode=mode,
                       blob=blob if blob is not None else encode_values(queries))
-        self._start(req)
+        self._start(req, blocking)
 
-    def _start(self, req: Request) -> None:
+    def _start(self, req: Request, blocking: bool = False) -> None:
         self._check_open()
         launch: list[_Call] = []
         with self._lock:
             self._pending.add(req)
             self._timer(req.deadline, lambda: self._expire(req))
             self._route(req, launch)
-        self._launch(launch)
+        mine = self._launch(launch, req if blocking else None)
+        if mine is not None:
+            self._wait_for(*mine, req.deadline)
 
     def _route(self, req: Request, launch: list[_Call]) -> None:
         """Under the lock: put ``req`` in the lane of the node to ask (a write waits for its
@@ -192,7 +198,12 @@ class Channel:
         return _Call(lane, reqs, parts)
 
     # ------------------------------------------------------------------ calls out
-    def _launch(self, calls: list[_Call]) -> None:
+    def _launch(self, calls: list[_Call], own: Request | None = None) -> tuple[_Call, Any] | None:
+        """Send ``calls``. Their answers come back through Ray's completion callbacks, except
+        for the call that carries ``own``, a blocking caller's request: that caller waits for
+        it itself (a lone blocking call then costs what a ``ray.get`` costs), and gets
+        ``(call, ref)`` back to do so with :meth:`_wait_for`."""
+        mine = None
         for call in calls:
             lane = call.lane
             handle = self._nodes().get(lane.node)
@@ -210,12 +221,31 @@ class Channel:
             self.calls += 1
             with self._lock:
                 self._timer(time.monotonic() + ATTEMPT_TIMEOUT, lambda c=call: self._timed_out(c))
-            ref.future().add_done_callback(lambda fut, c=call: self._answered(c, fut))
+            if own is not None and mine is None and own in call.reqs:
+                mine = (call, ref)
+            else:
+                when_done(ref, lambda res, c=call: self._answered(c, lambda: outcome(res)))
+        return mine
 
-    def _answered(self, call: _Call, fut: Any) -> None:
-        """Ray's callback thread: a call ended."""
+    def _wait_for(self, call: _Call, ref: Any, deadline: float) -> None:
+        """A blocking caller waits for the call carrying its request, on its own thread."""
         try:
-            values, errors = decode_results(fut.result())
+            result = ray.get(ref, timeout=max(1e-3, min(ATTEMPT_TIMEOUT, deadline - time.monotonic())))
+        except ray.exceptions.GetTimeoutError:
+            # its deadline (or the attempt's) came first: the timers deal with it; a late
+            # answer still counts for the others in the call
+            when_done(ref, lambda res, c=call: self._answered(c, lambda: outcome(res)))
+            return
+        except Exception as exc:  # noqa: BLE001 - the call failed: as through the callback
+            self._answered(call, _raise(exc))
+            return
+        self._answered(call, lambda: result)
+
+    def _answered(self, call: _Call, result: Callable[[], bytes]) -> None:
+        """A call ended (Ray's callback thread, or a blocking caller's): ``result()`` gives the
+        answer or raises what the call raised."""
+        try:
+            values, errors = decode_results(result())
         except ray.exceptions.RayTaskError as exc:
             # the node's method itself failed: deterministic, so not retried
             self._settle_call(call, None, exc)
@@ -439,6 +469,13 @@ class Channel:
     def _check_open(self) -> None:
         if self._closed or self._cluster_closed():
             raise ClusterUnavailableError("the cluster has been shut down")
+
+
+def _raise(exc: BaseException) -> Callable[[], bytes]:
+    def fail() -> bytes:
+        raise exc
+
+    return fail
 
 
 def _part(r: Request) -> tuple:

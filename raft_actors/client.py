@@ -124,7 +124,7 @@ class RaftClient(_Base):
         t = self._timeout(timeout)
         blob = encode_values([command])  # raises CommandRejectedError here, on the caller's thread
         sink = One()
-        self._channel.write(self._session, [command], sink, t, blob)
+        self._channel.write(self._session, [command], sink, t, blob, blocking=True)
         return sink.wait(t * 10 + 60)
 
     def submit_many(self, commands: Sequence[Any], timeout: float | None = None,
@@ -170,7 +170,7 @@ class RaftClient(_Base):
         t = self._timeout(timeout)
         blob = encode_values([query], "query")
         sink = One()
-        self._channel.read([query], mode, sink, t, blob)
+        self._channel.read([query], mode, sink, t, blob, blocking=True)
         return sink.wait(t * 10 + 60)
 
     def query_many(self, queries: Sequence[Any], consistency: str = LINEARIZABLE, timeout: float | None = None,

@@ -156,6 +156,7 @@ class RaftNode:
         self._timer_pending = False
         self._apply_wakeup = threading.Condition()
         self._apply_pending = False
+        self._apply_idle = False  # the apply thread waits for work (see _post_later)
         self._snapshot_waiters: list[_Answer] = []
         self._threads: list[threading.Thread] = []
         self.transport = Transport(
@@ -233,8 +234,16 @@ class RaftNode:
             self._wakeup.notify()
 
     def _post_later(self, fn: Callable[[], None]) -> None:
-        """Hand ``fn`` to the timer thread (from a thread that must not block, e.g. Ray's)."""
+        """Have ``fn`` run on the Raft side by another thread (from one that must not block,
+        e.g. Ray's callback thread). The apply thread, when idle, runs it and then applies at
+        once what it committed (a write's answer takes one thread hand-off less); while the
+        apply thread is busy, the timer thread does (a slow command never delays the Raft side)."""
         self._inbox.append(_Work(fn, wait=False))
+        with self._apply_wakeup:
+            if self._apply_idle:
+                self._apply_pending = True
+                self._apply_wakeup.notify()
+                return
         with self._wakeup:
             self._timer_pending = True
             self._wakeup.notify()
@@ -322,10 +331,14 @@ class RaftNode:
         replica = self.replica
         while not self._closed:
             with self._apply_wakeup:
+                self._apply_idle = True
                 while not self._apply_pending and not self._closed:
                     self._apply_wakeup.wait(0.5)
                 self._apply_pending = False
+                self._apply_idle = False
             try:
+                if self._inbox:
+                    self._drain()  # Raft side work handed over by _post_later
                 replica.apply_pending()
             except BaseException:
                 log.exception("node %s: the apply side failed, exiting", self.node_id)

@@ -20,6 +20,7 @@ import ray
 from .core import Entry, Message, MsgType
 from .core.messages import SnapshotMeta
 from .envelope import dumps, loads
+from .raycall import when_done
 
 #: where a node's latest snapshot comes from: ``(meta, size, reader)`` or ``None``
 SnapshotSource = Callable[[], "tuple[SnapshotMeta, int, BinaryIO] | None"]
@@ -211,20 +212,16 @@ class Transport:
             log.exception("sending to node %s failed", call.peer)
             self._finished(call)
             return
-        ref.future().add_done_callback(lambda fut: self._done(call, handle, fut))
+        when_done(ref, lambda result: self._done(call, handle, result))
 
-    def _done(self, call: _Call, handle: Any, fut: Any) -> None:
+    def _done(self, call: _Call, handle: Any, result: Any) -> None:
         """Ray's callback thread: a call ended."""
-        try:
-            reply = fut.result()
-        except ray.exceptions.ActorDiedError:
+        reply = result
+        if isinstance(result, BaseException):
             self.failed_calls += 1
-            if self.peers.get(call.peer) is handle:
+            reply = None
+            if isinstance(result, ray.exceptions.ActorDiedError) and self.peers.get(call.peer) is handle:
                 self.peers.pop(call.peer, None)  # replaced by a new actor of the same name? look it up again
-            reply = None
-        except Exception:  # noqa: BLE001 - any failed call is a lost message
-            self.failed_calls += 1
-            reply = None
         self._finished(call, on_callback_thread=True)
         if reply is not None and self._on_reply is not None:
             self._on_reply(call.peer, reply)
