@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pickle
 import struct
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Any
 
 import cloudpickle
 
 from .core.messages import Entry, EntryKind
-from .envelope import Outcome, Part, decode_call, loads, picklable_outcome, seqs_of
+from .envelope import Outcome, Part, Results, decode_call, loads, picklable_outcome, seqs_of
 from .errors import CommandError, CommandRejectedError, SessionExpiredError, UnknownOutcomeError
 
-_SNAPSHOT_MAGIC = b"RASM0002"  # a raft_actors state machine snapshot, format 2
+_SNAPSHOT_MAGIC = b"RASM0003"  # a raft_actors state machine snapshot, format 2
 _SNAPSHOT_HEAD = struct.Struct("<8sQ")
 #: session ids are ``entry index << _PART_BITS | position of the opening part in the entry``
 _PART_BITS = 16
@@ -29,17 +29,52 @@ def decode_parts(parts: Sequence[Part]) -> list[DecodedPart]:
     return [(cid, seq, ack, None if blob is None else loads(blob)) for cid, seq, ack, _, blob in parts]
 
 
-def request_count(parts: Sequence[DecodedPart]) -> int:
-    """How many requests (session openings and commands) the parts hold."""
-    return sum(1 if cmds is None else len(cmds) for _, _, _, cmds in parts)
-
-
 class _Session:
-    __slots__ = ("floor", "results")
+    """What a replica keeps of one client session: the results the client may still ask for.
+
+    Results are kept in *runs*, one per part of contiguous sequence numbers, as the part came:
+    recording and dropping them costs per part, not per request. A request retried in a part
+    of its own (a subset, named seq by seq) has its result kept by itself in ``loose``.
+    """
+
+    __slots__ = ("floor", "loose", "runs", "top")
 
     def __init__(self) -> None:
         self.floor = 0  # the client will never retry a seq below this
-        self.results: dict[int, Outcome] = {}
+        self.top = 0  # the highest seq scheduled or applied: a part beyond it is all new
+        self.runs: deque[tuple[int, list[Any], dict[int, BaseException]]] = deque()  # (first seq, values, errors)
+        self.loose: dict[int, Outcome] = {}
+
+    def result(self, seq: int) -> Outcome | None:
+        """The recorded result of request ``seq``, if any."""
+        got = self.loose.get(seq)
+        if got is not None:
+            return got
+        for first, values, errors in reversed(self.runs):
+            if first <= seq < first + len(values):
+                k = seq - first
+                exc = errors.get(k)
+                return Outcome(True, values[k]) if exc is None else Outcome(False, exc)
+            if first + len(values) <= seq:
+                break
+        return None
+
+    def acknowledge(self, ack: int) -> None:
+        """The client will never retry below ``ack``: drop what it will never ask for."""
+        if ack <= self.floor:
+            return
+        self.floor = ack
+        runs = self.runs
+        while runs and runs[0][0] + len(runs[0][1]) <= ack:
+            runs.popleft()
+        if self.loose:
+            self.loose = {q: o for q, o in self.loose.items() if q >= ack}
+
+    def as_dict(self) -> dict[int, Outcome]:
+        out = {first + k: (Outcome(True, v) if k not in errors else Outcome(False, errors[k]))
+               for first, values, errors in self.runs for k, v in enumerate(values)}
+        out.update(self.loose)
+        return out
 
 
 class Applier:
@@ -72,8 +107,9 @@ class Applier:
         #: client commands applied so far (a snapshot threshold counts these)
         self.applied_commands = 0
         self._apply_batch = getattr(state_machine, "apply_batch", None)
+        self._validate = getattr(state_machine, "validate", None)
 
-    def apply(self, entry: Entry, decoded: list[DecodedPart] | None = None) -> list[Outcome] | None:
+    def apply(self, entry: Entry, decoded: list[DecodedPart] | None = None) -> Results | None:
         """Apply one committed entry; returns the outcome of each of its requests, in order
         (``None`` for an entry that carries no client requests). ``decoded`` is the entry's
         parts already decoded (the leader decoded them when it proposed the entry)."""
@@ -86,93 +122,117 @@ class Applier:
             try:
                 decoded = decode_parts(decode_call(entry.command))
             except BaseException as exc:  # noqa: BLE001 - an undecodable entry is its own result
-                return [Outcome(False, CommandError.from_exception(exc))]
+                return Results.failed(1, CommandError.from_exception(exc))
         return self._apply_parts(entry.index, decoded)
 
-    def _apply_parts(self, index: int, parts: list[DecodedPart]) -> list[Outcome]:
-        out: list[Outcome | None] = []
-        # new commands wait here to go to the state machine together: (slot in out, session, seq, command)
-        pending: list[tuple[int, _Session, int, Any]] = []
-        keys: set[tuple[Any, int]] = set()
+    def _apply_parts(self, index: int, parts: list[DecodedPart]) -> Results:
+        values: list[Any] = []
+        errors: dict[int, BaseException] = {}
+        batch = _Batch()
+        sessions = self.sessions
         for pos, (cid, seq, ack, commands) in enumerate(parts):
             if commands is None:  # a client opens a session
                 if pos >= MAX_PARTS:
                     raise AssertionError(f"entry {index} has more than {MAX_PARTS} parts")
                 sid = index << _PART_BITS | pos
-                self.sessions[sid] = _Session()
-                if len(self.sessions) > self.max_sessions:
-                    self.sessions.popitem(last=False)
-                out.append(Outcome(True, sid))
+                sessions[sid] = _Session()
+                if len(sessions) > self.max_sessions:
+                    sessions.popitem(last=False)
+                values.append(sid)
                 continue
-            session = self.sessions.get(cid)
+            session = sessions.get(cid)
+            n = len(commands)
             if session is None:
-                err = Outcome(False, SessionExpiredError(
+                err = SessionExpiredError(
                     f"session {cid} is unknown or expired (more than {self.max_sessions} sessions since it was used); "
-                    "its request was not applied now, an earlier copy may have been"))
-                out.extend([err] * len(commands))
+                    "its request was not applied now, an earlier copy may have been")
+                errors.update(dict.fromkeys(range(len(values), len(values) + n), err))
+                values.extend([None] * n)
                 continue
-            self.sessions.move_to_end(cid)
-            for s, command in zip(seqs_of(seq, len(commands)), commands):
-                if (cid, s) in keys:  # the same request twice in one entry: apply the first first
-                    self._run(pending, out)
-                    pending, keys = [], set()
-                if s < session.floor:
-                    out.append(Outcome(False, UnknownOutcomeError(f"request {s} was already given up by its client")))
-                    continue
-                done = session.results.get(s)
-                if done is not None:
-                    out.append(done)
-                    continue
-                pending.append((len(out), session, s, command))
-                keys.add((cid, s))
-                out.append(None)
-            if ack > session.floor:  # results below ack go once this part's new commands ran (see _run)
-                pending.append((-1, session, ack, None))
-        self._run(pending, out)
-        return out  # type: ignore[return-value]
+            sessions.move_to_end(cid)
+            if isinstance(seq, int) and seq > session.top and seq >= session.floor:
+                # all new (the common case): the whole part goes to the state machine as a run
+                batch.add_run(session, seq, len(values), commands)
+                values.extend([None] * n)
+                session.top = seq + n - 1
+            else:
+                self._one_by_one(batch, session, seqs_of(seq, n), commands, values, errors)
+            if ack > session.floor:
+                batch.ack(session, ack)
+        self._run(batch, values, errors)
+        return Results(values, errors)
 
-    def _run(self, pending: list[tuple[int, _Session, int, Any]], out: list[Outcome | None]) -> None:
-        """Apply the new commands in ``pending`` (in order) and record their results."""
-        commands = [c for slot, _, _, c in pending if slot >= 0]
-        results = self._execute(commands) if commands else []
-        k = 0
-        for slot, session, s, _ in pending:
-            if slot < 0:  # an acknowledgement: drop the results the client will never ask for again
-                ack = s
-                if ack > session.floor:
-                    res = session.results
-                    if ack - session.floor <= len(res):
-                        for old in range(session.floor, ack):
-                            res.pop(old, None)
+    def _one_by_one(self, batch: _Batch, session: _Session, seqs: Any, commands: list[Any], values: list[Any],
+                    errors: dict[int, BaseException]) -> None:
+        """The slow path: some requests may have been applied before (retries)."""
+        for s, command in zip(seqs, commands):
+            slot = len(values)
+            values.append(None)
+            if s < session.floor:
+                errors[slot] = UnknownOutcomeError(f"request {s} was already given up by its client")
+                continue
+            done = session.result(s)
+            if done is None and s <= session.top and batch.pending(session, s):
+                self._run(batch, values, errors)  # the same request twice in one entry: the first goes first
+                done = session.result(s)
+            if done is not None:
+                if done.ok:
+                    values[slot] = done.value
+                else:
+                    errors[slot] = done.value
+                continue
+            batch.add_one(session, s, slot, command)
+            session.top = max(session.top, s)
+
+    def _run(self, batch: _Batch, values: list[Any], errors: dict[int, BaseException]) -> None:
+        """Apply the commands waiting in ``batch`` (in order) and record their results."""
+        if batch.commands:
+            out_values, out_errors = self._execute(batch.commands)
+            for kind, session, seq, slot, lo, hi in batch.items:
+                if kind == _RUN:
+                    vals = out_values[lo:hi]
+                    errs = {k - lo: out_errors[k] for k in out_errors if lo <= k < hi} if out_errors else {}
+                    session.runs.append((seq, vals, errs))
+                    values[slot:slot + hi - lo] = vals
+                    for k, e in errs.items():
+                        errors[slot + k] = e
+                elif kind == _ONE:
+                    exc = out_errors.get(lo)
+                    session.loose[seq] = Outcome(True, out_values[lo]) if exc is None else Outcome(False, exc)
+                    if exc is None:
+                        values[slot] = out_values[lo]
                     else:
-                        session.results = {q: o for q, o in res.items() if q >= ack}
-                    session.floor = ack
-                continue
-            o = results[k]
-            k += 1
-            session.results[s] = o
-            out[slot] = o
-        self.applied_commands += len(commands)
+                        errors[slot] = exc
+                else:  # an acknowledgement, once the part's own commands ran
+                    session.acknowledge(seq)
+            self.applied_commands += len(batch.commands)
+        else:
+            for kind, session, seq, *_ in batch.items:
+                if kind == _ACK:
+                    session.acknowledge(seq)
+        batch.clear()
 
-    def _execute(self, commands: list[Any]) -> list[Outcome]:
+    def _execute(self, commands: list[Any]) -> tuple[list[Any], dict[int, BaseException]]:
         batch = self._apply_batch
         if batch is not None:
             try:
-                values = batch(commands)
+                values = list(batch(commands))
                 if len(values) != len(commands):
                     raise TypeError(f"apply_batch returned {len(values)} results for {len(commands)} commands")
             except BaseException as exc:  # noqa: BLE001 - user code: a result for every command of the batch
-                err = Outcome(False, CommandError.from_exception(exc))
-                return [err] * len(commands)
-            return [Outcome(True, v) for v in values]
+                err = CommandError.from_exception(exc)
+                return [None] * len(commands), dict.fromkeys(range(len(commands)), err)
+            return values, {}
         apply = self.sm.apply
-        results = []
+        values = []
+        errors: dict[int, BaseException] = {}
         for command in commands:
             try:
-                results.append(Outcome(True, apply(command)))
+                values.append(apply(command))
             except BaseException as exc:  # noqa: BLE001 - user code (even sys.exit): a result, not a dead node
-                results.append(Outcome(False, CommandError.from_exception(exc)))
-        return results
+                errors[len(values)] = CommandError.from_exception(exc)
+                values.append(None)
+        return values, errors
 
     def snapshot(self) -> list[bytes]:
         """The state machine's state and the session table, as of :attr:`applied_index`, as
@@ -185,7 +245,7 @@ class Applier:
         if not isinstance(state, bytes | bytearray | memoryview):
             raise TypeError(f"{type(self.sm).__name__}.snapshot() must return bytes, not {type(state).__name__}")
         # a result nobody could be sent (unpicklable) is kept as the error its client would get
-        sessions = {cid: (s.floor, {seq: picklable_outcome(o) for seq, o in s.results.items()})
+        sessions = {cid: (s.floor, {seq: picklable_outcome(o) for seq, o in s.as_dict().items()})
                     for cid, s in self.sessions.items()}
         header = cloudpickle.dumps((self.applied_index, self.applied_commands, sessions),
                                    protocol=pickle.HIGHEST_PROTOCOL)
@@ -204,7 +264,7 @@ class Applier:
         self.sessions = OrderedDict()
         for cid, (floor, results) in sessions.items():
             s = self.sessions[cid] = _Session()
-            s.floor, s.results = floor, results
+            s.floor, s.loose, s.top = floor, dict(results), max(results, default=floor - 1)
         self.applied_index = applied
         self.applied_commands = commands
 
@@ -214,12 +274,84 @@ class Applier:
         except BaseException as exc:  # noqa: BLE001 - user code (even sys.exit): a result, not a dead node
             return Outcome(False, CommandError.from_exception(exc))
 
+    def query_all(self, queries: Sequence[Any]) -> Results:
+        """Answer ``queries`` in order; a query that raises gets its CommandError."""
+        q = self.sm.query
+        values: list[Any] = []
+        errors: dict[int, BaseException] = {}
+        for query in queries:
+            try:
+                values.append(q(query))
+            except BaseException as exc:  # noqa: BLE001 - user code (even sys.exit): a result, not a dead node
+                errors[len(values)] = CommandError.from_exception(exc)
+                values.append(None)
+        return Results(values, errors)
+
     def validate(self, command: Any) -> None:
         """Raise :class:`CommandRejectedError` if the state machine refuses ``command``."""
-        check = getattr(self.sm, "validate", None)
+        check = self._validate
         if check is None:
             return
         try:
             check(command)
         except BaseException as exc:
             raise CommandRejectedError(f"{type(exc).__name__}: {exc}") from exc
+
+    def validate_all(self, parts: list[DecodedPart]) -> bool:
+        """Whether the state machine's ``validate`` accepts every command of ``parts`` (the
+        fast path: one loop, no exception object unless one is refused)."""
+        check = self._validate
+        if check is None:
+            return True
+        try:
+            for _, _, _, cmds in parts:
+                if cmds is not None:
+                    for c in cmds:
+                        check(c)
+        except BaseException:  # noqa: BLE001 - the caller finds which, and why
+            return False
+        return True
+
+
+_RUN, _ONE, _ACK = 0, 1, 2
+
+
+class _Batch:
+    """The new commands of an entry, waiting to go to the state machine together, and what to
+    do with each result: ``items`` are ``(kind, session, seq, slot, lo, hi)``: a run of a part
+    (commands ``lo:hi``, results from ``slot`` on), one request, or an acknowledgement."""
+
+    __slots__ = ("commands", "items", "keys")
+
+    def __init__(self) -> None:
+        self.commands: list[Any] = []
+        self.items: list[tuple] = []
+        self.keys: set[tuple[int, int]] | None = None  # (session, seq) pending, built on demand
+
+    def add_run(self, session: _Session, seq: int, slot: int, commands: list[Any]) -> None:
+        lo = len(self.commands)
+        self.commands.extend(commands)
+        self.items.append((_RUN, session, seq, slot, lo, len(self.commands)))
+
+    def add_one(self, session: _Session, seq: int, slot: int, command: Any) -> None:
+        self.items.append((_ONE, session, seq, slot, len(self.commands), len(self.commands) + 1))
+        self.commands.append(command)
+        if self.keys is not None:
+            self.keys.add((id(session), seq))
+
+    def ack(self, session: _Session, ack: int) -> None:
+        self.items.append((_ACK, session, ack, 0, 0, 0))
+
+    def pending(self, session: _Session, seq: int) -> bool:
+        """Whether request ``seq`` of ``session`` waits here, not yet applied."""
+        if self.keys is None:
+            self.keys = set()
+            for kind, s, first, _, lo, hi in self.items:
+                if kind != _ACK:
+                    self.keys.update((id(s), first + k) for k in range(hi - lo))
+        return (id(session), seq) in self.keys
+
+    def clear(self) -> None:
+        self.commands = []
+        self.items = []
+        self.keys = None

@@ -32,7 +32,7 @@ import ray
 
 from .config import RaftConfig
 from .envelope import OPEN_SESSION, decode_results, dumps, encode_values
-from .errors import ClusterUnavailableError, RaftError, RaftTimeoutError, UnknownOutcomeError
+from .errors import ClusterUnavailableError, CommandRejectedError, RaftError, RaftTimeoutError, UnknownOutcomeError
 from .raycall import outcome, when_done
 from .session import (
     ATTEMPT_TIMEOUT,
@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 #: calls in flight per node and kind of call
 MAX_IN_FLIGHT = 1
+#: seconds between two looks for requests past their deadline
+SWEEP_EVERY = 0.02
 
 Nodes = Callable[[], Mapping[int, Any]]
 
@@ -69,12 +71,15 @@ class _Lane:
 
 
 class _Call:
-    __slots__ = ("lane", "over", "parts", "reqs")
+    __slots__ = ("groups", "lane", "over", "reqs")
 
-    def __init__(self, lane: _Lane, reqs: list[Request], parts: list[tuple]):
+    def __init__(self, lane: _Lane, reqs: list[Request], groups: list[tuple]):
         self.lane = lane
         self.reqs = reqs
-        self.parts = parts  # what the call carries (built under the lock: sessions change)
+        #: what the call carries, decided under the lock (sessions change): each group is
+        #: ``(head, requests)``, ``head`` being the part's ``(client_id, seq, ack)`` for writes,
+        #: ``None`` for reads; its requests' items go in the part together, encoded once
+        self.groups = groups
         self.over = False  # answered, or given up on (a late answer is then ignored)
 
 
@@ -101,7 +106,8 @@ class Channel:
         self._wake = threading.Condition(self._lock)
         self._sleeping_until = float("inf")
         self._timer_thread: threading.Thread | None = None
-        self._pending: set[Request] = set()  # every request not yet ended (for close)
+        self._pending: set[Request] = set()  # every request not yet ended
+        self._sweeping = False  # a deadline sweep is scheduled
         self.calls = 0  # Ray calls made (for tests and benchmarks)
 
     @classmethod
@@ -114,27 +120,22 @@ class Channel:
             return ch
 
     # ------------------------------------------------------------------ requests in
-    def write(self, session: Session, commands: list[Any], sink: Any, timeout: float, blob: bytes | None = None,
-              blocking: bool = False) -> None:
+    def write(self, session: Session, commands: list[Any], sink: Any, timeout: float, blocking: bool = False) -> None:
         """Send ``commands`` of ``session``; results go to ``sink`` (see ``session.Sink``).
-        ``blocking``: the caller waits for them on this thread (it may wait for its call here)."""
-        req = Request(WRITE, commands, sink, time.monotonic() + timeout, session,
-                      blob=blob if blob is not None else encode_values(commands))
-        self._start(req, blocking)
+        ``blocking``: the caller waits for them on this thread (it may wait for its call here).
+        Commands are encoded when they leave, together with what travels with them: one that
+        cannot be pickled fails alone, with :class:`~raft_actors.errors.CommandRejectedError`."""
+        self._start(Request(WRITE, commands, sink, time.monotonic() + timeout, session), blocking)
 
-    def read(self, queries: list[Any], mode: str, sink: Any, timeout: float, blob: bytes | None = None,
-             blocking: bool = False) -> None:
+    def read(self, queries: list[Any], mode: str, sink: Any, timeout: float, blocking: bool = False) -> None:
         """Run ``queries`` at consistency ``mode``; results go to ``sink``."""
-        req = Request(READ, queries, sink, time.monotonic() + timeout, mode=mode,
-                      blob=blob if blob is not None else encode_values(queries))
-        self._start(req, blocking)
+        self._start(Request(READ, queries, sink, time.monotonic() + timeout, mode=mode), blocking)
 
     def _start(self, req: Request, blocking: bool = False) -> None:
         self._check_open()
         launch: list[_Call] = []
         with self._lock:
-            self._pending.add(req)
-            self._timer(req.deadline, lambda: self._expire(req))
+            self._add(req)
             self._route(req, launch)
         mine = self._launch(launch, req if blocking else None)
         if mine is not None:
@@ -151,8 +152,7 @@ class Channel:
                 if not s.opening:
                     s.opening = True
                     opener = Request(OPEN, [None], _Opened(self, s), req.deadline, s)
-                    self._pending.add(opener)
-                    self._timer(opener.deadline, lambda: self._expire(opener))
+                    self._add(opener)
                     self._route(opener, launch)
                 return
             if not req.seqs:
@@ -179,9 +179,15 @@ class Channel:
                 launch.append(call)
 
     def _take(self, lane: _Lane) -> _Call | None:
-        """Under the lock: the next call of ``lane`` (up to ``batch_limit`` requests' items)."""
+        """Under the lock: the next call of ``lane`` (up to ``batch_limit`` requests' items).
+
+        Consecutive writes of one session with consecutive sequence numbers travel as one part
+        (one ``(client_id, seq, ack)`` and one encoding for all their commands), and all the
+        queries of a read call as one: a replica then handles a part, not a request, at a time.
+        """
         q = lane.queue
         reqs: list[Request] = []
+        groups: list[tuple] = []
         n = 0
         while q and (n == 0 or n + len(q[0]) <= self.batch_limit):
             r = q.popleft()
@@ -191,11 +197,74 @@ class Channel:
             n += len(r)
             r.in_flight = True
             r.tries += 1
+            if r.kind == READ:
+                if groups:
+                    groups[0][1].append(r)
+                else:
+                    groups.append((None, [r]))
+            elif r.kind == OPEN:
+                groups.append((OPEN_SESSION, [r]))
+            else:
+                s = r.session
+                assert s is not None and s.client_id is not None
+                r.cid = s.client_id
+                seqs = r.seqs
+                last = groups[-1] if groups else None
+                if (last is not None and last[0] is not OPEN_SESSION and last[0] is not None
+                        and last[0][0] == s.client_id and isinstance(seqs, range)
+                        and isinstance(last[0][1], int) and last[2] == seqs.start):
+                    last[1].append(r)
+                    groups[-1] = (last[0], last[1], seqs.stop)
+                elif isinstance(seqs, range):
+                    groups.append(((s.client_id, seqs.start, s.ack()), [r], seqs.stop))
+                else:
+                    groups.append(((s.client_id, tuple(seqs), s.ack()), [r], 0))
         if not reqs:
             return None
         lane.in_flight += 1
-        parts = [_part(r) for r in reqs] if lane.mode is None else [(len(r), _blob(r)) for r in reqs]
-        return _Call(lane, reqs, parts)
+        return _Call(lane, reqs, groups)
+
+    def _payload(self, call: _Call) -> bytes:
+        """The call's bytes: each group's items encoded once. A request whose items cannot be
+        pickled fails alone (never sent) and leaves the call."""
+        parts: list[tuple] = []
+        bad: list[tuple[Request, BaseException]] = []
+        for group in call.groups:
+            head, reqs = group[0], group[1]
+            if head is OPEN_SESSION:
+                parts.append(OPEN_SESSION)
+                continue
+            what = "query" if head is None else "command"
+            items = reqs[0].items if len(reqs) == 1 else [x for r in reqs for x in r.items]
+            try:
+                blob = encode_values(items, what)
+            except CommandRejectedError:
+                ok = []
+                for r in reqs:
+                    try:
+                        encode_values(r.items, what)
+                        ok.append(r)
+                    except CommandRejectedError as exc:
+                        bad.append((r, exc))
+                if not ok:
+                    continue
+                reqs = ok
+                blob = encode_values([x for r in ok for x in r.items], what)
+            count = sum(len(r) for r in reqs)
+            if head is None:
+                parts.append((count, blob))
+            elif len(reqs) == len(group[1]):
+                parts.append((*head, count, blob))
+            else:  # some requests left: name the sequence numbers of those that stay
+                parts.append((head[0], tuple(q for r in reqs for q in r.seqs), head[2], count, blob))
+        if bad:
+            gone = {id(r) for r, _ in bad}
+            call.reqs = [r for r in call.reqs if id(r) not in gone]
+            with self._lock:
+                for r, exc in bad:
+                    r.in_flight = False
+                    self._end(r, exc)
+        return dumps(parts)
 
     # ------------------------------------------------------------------ calls out
     def _launch(self, calls: list[_Call], own: Request | None = None) -> tuple[_Call, Any] | None:
@@ -210,7 +279,10 @@ class Channel:
             try:
                 if handle is None:
                     raise ray.exceptions.ActorDiedError()
-                payload = dumps(call.parts)
+                payload = self._payload(call)
+                if not call.reqs:  # nothing in it could be sent
+                    self._after(call, [], [], 0, answered=False)
+                    continue
                 if lane.mode is None:
                     ref = handle.submit.remote(payload)
                 else:
@@ -337,8 +409,7 @@ class Channel:
                 if r not in self._pending:  # a part of a request: it carries on in its place
                     if r.kind == WRITE and r.session is not None:
                         r.session.track(r)
-                    self._pending.add(r)
-                    self._timer(r.deadline, lambda r=r: self._expire(r))
+                    self._add(r)
             for r in reopen:
                 assert r.session is not None
                 r.session.lost(r)
@@ -384,20 +455,33 @@ class Channel:
         if req.kind == WRITE and req.session is not None:
             req.session.finished(req)
 
-    def _expire(self, req: Request) -> None:
-        """Timer thread: ``req``'s deadline passed."""
+    def _add(self, req: Request) -> None:
+        """Under the lock: ``req`` is pending until it ends (by its deadline at the latest)."""
+        self._pending.add(req)
+        if not self._sweeping:
+            self._sweeping = True
+            self._timer(time.monotonic() + SWEEP_EVERY, self._sweep)
+
+    def _sweep(self) -> None:
+        """Timer thread: end the requests whose deadline passed (every ``SWEEP_EVERY`` seconds
+        while any is pending: a deadline is kept within that, at no cost per request)."""
+        now = time.monotonic()
         with self._lock:
-            if req not in self._pending:
-                return
-            self._pending.discard(req)
-            if req.kind == OPEN:
-                req.sink.give_up(RaftTimeoutError("could not open a client session before the deadline"))
-                return
-            if req.kind == WRITE and req.session is not None:
-                if req in req.session.waiting:
-                    req.session.waiting.remove(req)
-                req.session.finished(req)
-        expire(req)
+            late = [r for r in self._pending if r.deadline <= now]
+            for r in late:
+                self._pending.discard(r)
+                if r.kind == OPEN:
+                    r.sink.give_up(RaftTimeoutError("could not open a client session before the deadline"))
+                elif r.kind == WRITE and r.session is not None:
+                    if r in r.session.waiting:
+                        r.session.waiting.remove(r)
+                    r.session.finished(r)
+            self._sweeping = bool(self._pending) and not self._closed
+            if self._sweeping:
+                self._timer(now + SWEEP_EVERY, self._sweep)
+        for r in late:
+            if r.kind != OPEN:
+                expire(r)
 
     # ------------------------------------------------------------------ sessions
     def _opened(self, session: Session, cid: Any) -> None:
@@ -476,24 +560,6 @@ def _raise(exc: BaseException) -> Callable[[], bytes]:
         raise exc
 
     return fail
-
-
-def _part(r: Request) -> tuple:
-    """Under the lock: a write request as a part of a call (see :mod:`raft_actors.envelope`)."""
-    if r.kind == OPEN:
-        return OPEN_SESSION
-    s = r.session
-    assert s is not None and s.client_id is not None
-    seqs = r.seqs
-    first: Any = seqs.start if isinstance(seqs, range) else tuple(seqs)
-    r.cid = s.client_id
-    return (s.client_id, first, s.ack(), len(r), _blob(r))
-
-
-def _blob(r: Request) -> bytes:
-    if r.blob is None:
-        r.blob = encode_values(r.items)
-    return r.blob
 
 
 class _Opened:

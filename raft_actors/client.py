@@ -16,7 +16,6 @@ from typing import Any, Self
 
 from .channel import AsyncOne, Channel, Many, One, Waiter, _resolve_soon
 from .config import RaftConfig
-from .envelope import encode_values
 from .errors import ClusterUnavailableError
 from .session import LINEARIZABLE, READ_MODES, Session
 
@@ -71,9 +70,9 @@ class _Base:
         ch = self._channel
         for off, run in self._chunks(items):
             if mode is None:
-                ch.write(self._session, run, _Offset(sink, off), timeout, encode_values(run))
+                ch.write(self._session, run, _Offset(sink, off), timeout)
             else:
-                ch.read(run, mode, _Offset(sink, off), timeout, encode_values(run, "query"))
+                ch.read(run, mode, _Offset(sink, off), timeout)
 
 
 class _Offset:
@@ -122,9 +121,8 @@ class RaftClient(_Base):
         """
         self._check_open()
         t = self._timeout(timeout)
-        blob = encode_values([command])  # raises CommandRejectedError here, on the caller's thread
         sink = One()
-        self._channel.write(self._session, [command], sink, t, blob, blocking=True)
+        self._channel.write(self._session, [command], sink, t, blocking=True)
         return sink.wait(t * 10 + 60)
 
     def submit_many(self, commands: Sequence[Any], timeout: float | None = None,
@@ -147,9 +145,8 @@ class RaftClient(_Base):
         """Like :meth:`submit`, but return a ``concurrent.futures.Future`` at once."""
         self._check_open()
         t = self._timeout(timeout)
-        blob = encode_values([command])
         fut: ConcurrentFuture = ConcurrentFuture()
-        self._channel.write(self._session, [command], _FutureSink(fut), t, blob)
+        self._channel.write(self._session, [command], _FutureSink(fut), t)
         return fut
 
     def query(self, query: Any, consistency: str = LINEARIZABLE, timeout: float | None = None) -> Any:
@@ -168,9 +165,8 @@ class RaftClient(_Base):
         self._check_open()
         mode = self._mode(consistency)
         t = self._timeout(timeout)
-        blob = encode_values([query], "query")
         sink = One()
-        self._channel.read([query], mode, sink, t, blob, blocking=True)
+        self._channel.read([query], mode, sink, t, blocking=True)
         return sink.wait(t * 10 + 60)
 
     def query_many(self, queries: Sequence[Any], consistency: str = LINEARIZABLE, timeout: float | None = None,
@@ -228,9 +224,8 @@ class AsyncRaftClient(_Base):
         """Commit ``command`` and return its result (see :meth:`RaftClient.submit`)."""
         self._check_open()
         t = self._timeout(timeout)
-        blob = encode_values([command])
         sink = AsyncOne(asyncio.get_running_loop())
-        self._channel.write(self._session, [command], sink, t, blob)
+        self._channel.write(self._session, [command], sink, t)
         return await sink.future
 
     async def submit_many(self, commands: Sequence[Any], timeout: float | None = None,
@@ -251,9 +246,8 @@ class AsyncRaftClient(_Base):
         self._check_open()
         mode = self._mode(consistency)
         t = self._timeout(timeout)
-        blob = encode_values([query], "query")
         sink = AsyncOne(asyncio.get_running_loop())
-        self._channel.read([query], mode, sink, t, blob)
+        self._channel.read([query], mode, sink, t)
         return await sink.future
 
     async def query_many(self, queries: Sequence[Any], consistency: str = LINEARIZABLE,

@@ -41,7 +41,7 @@ import ray
 from .config import RaftConfig
 from .core import ConfChange, ConfChangeType, HardState, Message, MsgType, NotLeader
 from .core.messages import SnapshotMeta
-from .envelope import Outcome, decode_call, dumps, encode_results, loads
+from .envelope import Outcome, Results, decode_call, dumps, encode_results, loads
 from .errors import CommandRejectedError, NotLeaderError
 from .lost_state import has_lost_state
 from .replica import Replica
@@ -474,7 +474,7 @@ class RaftNode:
         """
         if not self._running:
             n = sum(p[3] for p in decode_call(payload))
-            return encode_results([Outcome(False, NotLeaderError(0, "the node is not running"))] * n)
+            return encode_results(Results.failed(n, NotLeaderError(0, "the node is not running")))
         batch = self.replica.prepare_batch(payload)
         answer = _Answer()
         refused: list[NotLeaderError] = []
@@ -488,7 +488,7 @@ class RaftNode:
         if self._post(propose) is None:
             refused.append(NotLeaderError(0, "the node is shutting down"))
         if refused:
-            return encode_results([batch.early.get(i, Outcome(False, refused[0])) for i in range(batch.size)])
+            return encode_results(batch.merge(Results.failed(batch.size - len(batch.early), refused[0])))
         return encode_results(answer.wait())
 
     @ray.method(concurrency_group="client")
@@ -496,19 +496,25 @@ class RaftNode:
         """Run a read call's queries at consistency ``mode`` (linearizable, follower or
         stale). Returns :func:`~raft_actors.envelope.encode_results`, one per query."""
         parts = loads(payload)
-        outcomes: list[Outcome | None] = []
         queries: list[Any] = []
+        undecodable: dict[int, BaseException] = {}  # by position in the call
+        positions: list[int] = []  # of the decoded queries
+        pos = 0
         for count, blob in parts:
             try:
                 qs = loads(blob)
             except Exception as exc:  # noqa: BLE001 - e.g. a class this node cannot import
-                outcomes += [Outcome(False, CommandRejectedError(f"undecodable query: {type(exc).__name__}: {exc}"))] * count
+                err = CommandRejectedError(f"undecodable query: {type(exc).__name__}: {exc}")
+                undecodable.update((pos + k, err) for k in range(count))
+                pos += count
                 continue
             queries += qs
-            outcomes += [None] * len(qs)
+            positions += range(pos, pos + len(qs))
+            pos += len(qs)
+        answers = Results([])
         if queries:
             if not self._running:
-                answers = iter([Outcome(False, NotLeaderError(0, "the node is not running"))] * len(queries))
+                answers = Results.failed(len(queries), NotLeaderError(0, "the node is not running"))
             else:
                 answer = _Answer()
                 refused: list[NotLeaderError] = []
@@ -521,9 +527,16 @@ class RaftNode:
 
                 if self._post(start) is None:
                     refused.append(NotLeaderError(0, "the node is shutting down"))
-                answers = iter([Outcome(False, refused[0])] * len(queries) if refused else answer.wait())
-            outcomes = [o if o is not None else next(answers) for o in outcomes]
-        return encode_results(outcomes)  # type: ignore[arg-type]
+                answers = Results.failed(len(queries), refused[0]) if refused else answer.wait()
+        if not undecodable:
+            return encode_results(answers)
+        values: list[Any] = [None] * pos
+        errors = dict(undecodable)
+        for k, p in enumerate(positions):
+            values[p] = answers.values[k]
+            if k in answers.errors:
+                errors[p] = answers.errors[k]
+        return encode_results(Results(values, errors))
 
     @ray.method(concurrency_group="admin")
     def transfer_leadership(self, to: int) -> None:

@@ -50,7 +50,7 @@ from .core import (
 )
 from .core.membership import decode_conf_entry
 from .core.messages import SnapshotMeta
-from .envelope import Outcome, decode_call, dumps, encode_values, seqs_of
+from .envelope import Outcome, Results, decode_call, dumps, encode_values, seqs_of
 from .errors import (
     CommandRejectedError,
     LeadershipLostError,
@@ -61,10 +61,11 @@ from .errors import (
 from .storage.base import SnapshotData, Storage
 
 #: gets the outcome of each request of a batch, in request order
-BatchCallback = Callable[[list[Outcome]], None]
+BatchCallback = Callable[[Results], None]
 #: gets the outcome of a membership change (the new configuration)
 WriteCallback = Callable[[Outcome], None]
-ReadCallback = Callable[[list[Outcome]], None]
+#: gets the answer to each query, in order
+ReadCallback = Callable[[Results], None]
 #: sends messages to peers (the shell's transport)
 Send = Callable[[list[Message]], None]
 
@@ -80,17 +81,35 @@ class Batch:
 
     ``command`` is what goes into the log: the call's own bytes when every request was
     accepted. ``decoded`` are the accepted parts (the leader applies from them, without
-    decoding the entry again); ``early`` holds the outcome of each refused request by its
+    decoding the entry again); ``early`` holds the error of each refused request by its
     position in the call; ``size`` counts every request of the call.
     """
 
     __slots__ = ("command", "decoded", "early", "size")
 
-    def __init__(self, command: bytes, decoded: list[DecodedPart], early: dict[int, Outcome], size: int):
+    def __init__(self, command: bytes, decoded: list[DecodedPart], early: dict[int, BaseException], size: int):
         self.command = command
         self.decoded = decoded
         self.early = early
         self.size = size
+
+    def merge(self, applied: Results) -> Results:
+        """The call's outcomes: the refused requests' errors, the others' ``applied`` results."""
+        if not self.early:
+            return applied
+        values: list[Any] = []
+        errors: dict[int, BaseException] = {}
+        k = 0
+        for i in range(self.size):
+            if i in self.early:
+                errors[i] = self.early[i]
+                values.append(None)
+                continue
+            values.append(applied.values[k])
+            if k in applied.errors:
+                errors[i] = applied.errors[k]
+            k += 1
+        return Results(values, errors)
 
 
 class _Waiter:
@@ -103,25 +122,23 @@ class _Waiter:
         self.callback = callback
         self.batch = batch
 
-    def finish(self, result: list[Outcome] | Outcome | None) -> None:
+    def finish(self, result: Results | Outcome | None) -> None:
         b = self.batch
         if b is None:
             self.callback(result)
             return
-        assert isinstance(result, list)
+        assert isinstance(result, Results)
         if not b.early:
             self.callback(result)
             return
-        applied = iter(result)
-        self.callback([b.early[i] if i in b.early else next(applied) for i in range(b.size)])
+        self.callback(b.merge(result))
 
     def fail(self, exc: Exception) -> None:
         b = self.batch
         if b is None:
             self.callback(Outcome(False, exc))
             return
-        out = Outcome(False, exc)
-        self.callback([b.early.get(i, out) for i in range(b.size)])
+        self.callback(b.merge(Results.failed(b.size - len(b.early), exc)))
 
 
 class _PendingRead:
@@ -287,8 +304,8 @@ class Replica:
             decoded = decode_parts(parts)
         except BaseException:  # noqa: BLE001 - find the parts that do not decode
             decoded = None
-        early: dict[int, Outcome] = {}
-        if decoded is not None and not self._refused(decoded):
+        early: dict[int, BaseException] = {}
+        if decoded is not None and self.applier.validate_all(decoded):
             return Batch(payload, decoded, early, sum(p[3] for p in parts))
         # some requests are refused: the entry carries the accepted ones only
         accepted: list[DecodedPart] = []
@@ -299,7 +316,7 @@ class Replica:
             try:
                 (one,) = decode_parts([part])
             except BaseException as exc:  # noqa: BLE001 - e.g. a class this node cannot import
-                err = Outcome(False, CommandRejectedError(f"undecodable request: {type(exc).__name__}: {exc}"))
+                err = CommandRejectedError(f"undecodable request: {type(exc).__name__}: {exc}")
                 early.update((pos + k, err) for k in range(count))
                 pos += count
                 continue
@@ -314,7 +331,7 @@ class Replica:
                 try:
                     self.applier.validate(c)
                 except CommandRejectedError as exc:
-                    early[pos + k] = Outcome(False, exc)
+                    early[pos + k] = exc
                     continue
                 ok_cmds.append(c)
                 ok_seqs.append(s)
@@ -323,18 +340,6 @@ class Replica:
                 kept.append((cid, tuple(ok_seqs), ack, len(ok_cmds), encode_values(ok_cmds)))
             pos += len(cmds)
         return Batch(dumps(kept), accepted, early, pos)
-
-    def _refused(self, decoded: list[DecodedPart]) -> bool:
-        """Whether ``validate`` refuses any command (the fast path checks, nothing more)."""
-        validate = self.applier.validate
-        try:
-            for _, _, _, cmds in decoded:
-                if cmds is not None:
-                    for c in cmds:
-                        validate(c)
-        except CommandRejectedError:
-            return True
-        return False
 
     def propose(self, batch: Batch, callback: BatchCallback) -> None:
         """Propose a prepared client batch as one log entry; ``callback`` gets every request's
@@ -348,7 +353,7 @@ class Replica:
         if not st.is_leader:
             raise NotLeaderError(st.leader)
         if not batch.decoded:
-            callback([batch.early[i] for i in range(batch.size)])
+            callback(batch.merge(Results([])))
             return
         try:
             index, term = self.core.propose([batch.command])
@@ -630,7 +635,7 @@ class Replica:
             if kind == "apply":
                 self._apply(task[1], task[2])
             elif kind == "stale":
-                task[2]([self.applier.query(q) for q in task[1]])
+                task[2](self.applier.query_all(task[1]))
             elif kind == "restore":
                 meta, data = task[1], task[2]
                 self.applier.restore(data, meta.index)  # a snapshot it cannot load: fail-stop (raises)
@@ -655,7 +660,7 @@ class Replica:
         applier = self.applier
         for e in entries:
             w = waiters.get(e.index)
-            result: list[Outcome] | Outcome | None
+            result: Results | Outcome | None
             if e.kind == EntryKind.CONFIG:
                 applier.apply(e)
                 self._applied_conf = decode_conf_entry(e.command)[1]
@@ -682,14 +687,14 @@ class Replica:
                 if pr.done:
                     continue
                 pr.done = True
-            pr.callback([self.applier.query(q) for q in pr.queries])
+            pr.callback(self.applier.query_all(pr.queries))
 
     def _fail_read(self, pr: _PendingRead, exc: Exception) -> None:
         with self._reads_lock:
             if pr.done:
                 return
             pr.done = True
-        pr.callback([Outcome(False, exc)] * len(pr.queries))
+        pr.callback(Results.failed(len(pr.queries), exc))
 
     def fail_all(self, reason: str) -> None:
         """Answer every pending request: the node is going away (``reason`` says why). Call it
@@ -718,7 +723,7 @@ class Replica:
         stale = [(t[1], t[2]) for t in self._tasks if t[0] == "stale"]
         self._tasks.clear()
         for queries, cb in stale:
-            cb([Outcome(False, refused)] * len(queries))
+            cb(Results.failed(len(queries), refused))
         reads = list(self._reads.values()) + [w[2] for w in self._waiting]
         self._reads = {}
         for pr in reads:

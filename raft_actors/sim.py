@@ -33,7 +33,7 @@ from typing import Any
 from .applier import decode_parts
 from .config import RaftConfig
 from .core import ConfChange, ConfChangeType, ConfState, Entry, EntryKind, HardState, Message, MsgType, Ready, Role
-from .envelope import OPEN_SESSION_CALL, Outcome, decode_call, dumps, encode_values, results_of, seqs_of
+from .envelope import OPEN_SESSION_CALL, Outcome, Results, decode_call, dumps, encode_values, seqs_of
 from .errors import NotLeaderError, RaftTimeoutError, UnknownOutcomeError
 from .linearizability import Operation
 from .lost_state import has_lost_state
@@ -643,9 +643,9 @@ class Simulator:
         if node is None:
             return
 
-        def reply(outcomes: list[Outcome]) -> None:
+        def reply(results: Results) -> None:
             if not self._lost():
-                self._at(self._delay(), lambda: self._response(c, attempt, target, outcomes))
+                self._at(self._delay(), lambda: self._response(c, attempt, target, results))
 
         try:
             if req.kind == READ:
@@ -653,14 +653,14 @@ class Simulator:
             else:
                 node.propose(node.prepare_batch(payload), reply)
         except NotLeaderError as exc:
-            reply([Outcome(False, exc)])
+            reply(Results.failed(1, exc))
         self._flush(node)
 
-    def _response(self, c: _Client, attempt: int, target: int, outcomes: list[Outcome]) -> None:
+    def _response(self, c: _Client, attempt: int, target: int, results: Results) -> None:
         req = c.req
         if req is None or c.attempt != attempt:
             return
-        values, errors = results_of(outcomes)
+        values, errors = results.values, results.errors
         mode = None if req.kind != READ else req.mode
         if req.kind == OPEN:
             req.in_flight = False

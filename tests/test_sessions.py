@@ -15,7 +15,7 @@ class Log:
         self.applier = applier
 
     def _next(self, data: bytes):
-        return self.applier.apply(Entry(1, self.applier.applied_index + 1, data))
+        return self.applier.apply(Entry(1, self.applier.applied_index + 1, data)).outcomes()
 
     def open(self) -> int:
         (out,) = self._next(OPEN_SESSION_CALL)
