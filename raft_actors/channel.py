@@ -59,15 +59,21 @@ Nodes = Callable[[], Mapping[int, Any]]
 
 
 class _Lane:
-    """Requests waiting for one node and one kind of call, and its calls in flight."""
+    """Requests waiting for one kind of call, and its calls in flight.
 
-    __slots__ = ("in_flight", "mode", "node", "queue")
+    Writes have one lane, whose node is the leader as known when a call leaves: a session's
+    writes leave in the order they were made, and a retry goes back to the head of the lane,
+    before anything made after it, so each session's writes are applied in order. Reads have a
+    lane per node and consistency."""
+
+    __slots__ = ("in_flight", "mode", "node", "paused", "queue")
 
     def __init__(self, node: int, mode: str | None):
         self.node = node
         self.mode = mode  # None: writes; else the reads' consistency
         self.queue: deque[Request] = deque()
         self.in_flight = 0
+        self.paused = False  # backing off (writes): nothing leaves until it resumes
 
 
 class _Call:
@@ -95,7 +101,8 @@ class Channel:
         self._cluster_closed = is_closed
         self.batch_limit = config.client_batch
         self._lock = threading.Lock()
-        self._lanes: dict[tuple[int, str | None], _Lane] = {}
+        self._write_lane = _Lane(0, None)
+        self._lanes: dict[tuple[int, str | None], _Lane] = {}  # reads, by node and consistency
         self.router = Router()
         self._dead_handles: dict[int, Any] = {}  # the handle each dead node had when it died
         self._closed = False
@@ -120,16 +127,19 @@ class Channel:
             return ch
 
     # ------------------------------------------------------------------ requests in
-    def write(self, session: Session, commands: list[Any], sink: Any, timeout: float, blocking: bool = False) -> None:
+    def write(self, session: Session, commands: list[Any], sink: Any, timeout: float, blocking: bool = False,
+              blob: bytes | None = None) -> None:
         """Send ``commands`` of ``session``; results go to ``sink`` (see ``session.Sink``).
         ``blocking``: the caller waits for them on this thread (it may wait for its call here).
-        Commands are encoded when they leave, together with what travels with them: one that
-        cannot be pickled fails alone, with :class:`~raft_actors.errors.CommandRejectedError`."""
-        self._start(Request(WRITE, commands, sink, time.monotonic() + timeout, session), blocking)
+        Commands are encoded when they leave, together with what travels with them (unless
+        ``blob`` holds them encoded already); a request that cannot be pickled fails, with
+        :class:`~raft_actors.errors.CommandRejectedError`, and only it."""
+        self._start(Request(WRITE, commands, sink, time.monotonic() + timeout, session, blob=blob), blocking)
 
-    def read(self, queries: list[Any], mode: str, sink: Any, timeout: float, blocking: bool = False) -> None:
+    def read(self, queries: list[Any], mode: str, sink: Any, timeout: float, blocking: bool = False,
+             blob: bytes | None = None) -> None:
         """Run ``queries`` at consistency ``mode``; results go to ``sink``."""
-        self._start(Request(READ, queries, sink, time.monotonic() + timeout, mode=mode), blocking)
+        self._start(Request(READ, queries, sink, time.monotonic() + timeout, mode=mode, blob=blob), blocking)
 
     def _start(self, req: Request, blocking: bool = False) -> None:
         self._check_open()
@@ -157,23 +167,40 @@ class Channel:
                 return
             if not req.seqs:
                 s.number(req)
-        nodes = self._nodes()
-        if self.router.dead:
-            for i in list(self.router.dead):  # a dead node's actor replaced by a new one: ask it again
-                if i in nodes and nodes[i] is not self._dead_handles.get(i):
-                    self.router.dead.discard(i)
-        ids = sorted(nodes)
+        ids = self._node_ids()
         if not ids or self.router.all_dead(ids):
             self._end(req, ClusterUnavailableError(f"every node of the cluster is dead: {ids}"))
             return
-        mode = None if req.kind != READ else req.mode
-        node = self.router.pick(ids, mode)
-        req.target = node
-        lane = self._lanes.get((node, mode))
-        if lane is None:
-            lane = self._lanes[(node, mode)] = _Lane(node, mode)
+        if req.kind == READ:
+            node = self.router.pick(ids, req.mode)
+            lane = self._lanes.get((node, req.mode))
+            if lane is None:
+                lane = self._lanes[(node, req.mode)] = _Lane(node, req.mode)
+        else:
+            lane = self._write_lane
         lane.queue.append(req)
-        if lane.in_flight < MAX_IN_FLIGHT:
+        self._pump(lane, launch)
+
+    def _node_ids(self) -> list[int]:
+        """Under the lock: the cluster's nodes (a dead node whose actor was replaced counts again)."""
+        nodes = self._nodes()
+        if self.router.dead:
+            for i in list(self.router.dead):
+                if i in nodes and nodes[i] is not self._dead_handles.get(i):
+                    self.router.dead.discard(i)
+        return sorted(nodes)
+
+    def _pump(self, lane: _Lane, launch: list[_Call]) -> None:
+        """Under the lock: the lane's next call, if it may leave now."""
+        if lane.queue and lane.in_flight < MAX_IN_FLIGHT and not lane.paused:
+            if lane is self._write_lane:
+                ids = self._node_ids()
+                if not ids or self.router.all_dead(ids):
+                    exc = ClusterUnavailableError(f"every node of the cluster is dead: {ids}")
+                    while lane.queue:
+                        self._end(lane.queue.popleft(), exc)
+                    return
+                lane.node = self.router.pick(ids, None)
             call = self._take(lane)
             if call is not None:
                 launch.append(call)
@@ -197,6 +224,7 @@ class Channel:
             n += len(r)
             r.in_flight = True
             r.tries += 1
+            r.target = lane.node
             if r.kind == READ:
                 if groups:
                     groups[0][1].append(r)
@@ -237,7 +265,7 @@ class Channel:
             what = "query" if head is None else "command"
             items = reqs[0].items if len(reqs) == 1 else [x for r in reqs for x in r.items]
             try:
-                blob = encode_values(items, what)
+                blob = reqs[0].blob if len(reqs) == 1 and reqs[0].blob is not None else encode_values(items, what)
             except CommandRejectedError:
                 ok = []
                 for r in reqs:
@@ -390,7 +418,8 @@ class Channel:
 
     def _after(self, call: _Call, again: list[Request], reopen: list[Request], hint: int, answered: bool,
                backoff_all: bool = False) -> None:
-        """What follows an answer (or its absence): the retries, the next call of the lane."""
+        """What follows an answer (or its absence): the retries, the next call of the lane.
+        ``again`` and ``reopen`` are in the call's order."""
         launch: list[_Call] = []
         with self._lock:
             lane = call.lane
@@ -398,7 +427,7 @@ class Channel:
             wait = backoff_all
             if answered:
                 if again:
-                    wait = self.router.redirected(lane.node, hint, sorted(self._nodes()), lane.mode)
+                    wait = self.router.redirected(lane.node, hint, self._node_ids(), lane.mode)
                 else:
                     self.router.answered(lane.node, lane.mode)
             going = {id(r) for r in again} | {id(r) for r in reopen}
@@ -413,22 +442,34 @@ class Channel:
             for r in reopen:
                 assert r.session is not None
                 r.session.lost(r)
-            for r in again:
-                if wait:
-                    delay = backoff(r.tries, self._rng.random())
-                    self._timer(time.monotonic() + delay, lambda r=r: self._retry(r))
-                else:
-                    self._route(r, launch)
-            for r in reopen:
-                self._route(r, launch)
-            if lane.queue and lane.in_flight < MAX_IN_FLIGHT:
-                nxt = self._take(lane)
-                if nxt is not None:
-                    launch.append(nxt)
+                self._route(r, launch)  # behind its session's opening
+            if lane is self._write_lane:
+                # retries go back to the head of the lane, in order, before anything made later
+                lane.queue.extendleft(reversed([r for r in again if r in self._pending]))
+                if wait and again:
+                    lane.paused = True
+                    delay = backoff(max(r.tries for r in again), self._rng.random())
+                    self._timer(time.monotonic() + delay, self._resume_writes)
+            else:
+                for r in again:
+                    if wait:
+                        delay = backoff(r.tries, self._rng.random())
+                        self._timer(time.monotonic() + delay, lambda r=r: self._retry(r))
+                    else:
+                        self._route(r, launch)
+            self._pump(lane, launch)
+        self._launch(launch)
+
+    def _resume_writes(self) -> None:
+        """Timer thread: the write lane's backoff ended."""
+        launch: list[_Call] = []
+        with self._lock:
+            self._write_lane.paused = False
+            self._pump(self._write_lane, launch)
         self._launch(launch)
 
     def _retry(self, req: Request) -> None:
-        """Timer thread: a backoff ended."""
+        """Timer thread: a read's backoff ended."""
         launch: list[_Call] = []
         with self._lock:
             if req not in self._pending:

@@ -16,7 +16,8 @@ from typing import Any, Self
 
 from .channel import AsyncOne, Channel, Many, One, Waiter, _resolve_soon
 from .config import RaftConfig
-from .errors import ClusterUnavailableError
+from .envelope import encode_values
+from .errors import ClusterUnavailableError, CommandRejectedError
 from .session import LINEARIZABLE, READ_MODES, Session
 
 __all__ = ["AsyncRaftClient", "RaftClient"]
@@ -66,30 +67,50 @@ class _Base:
             yield off, list(items[off : off + size])
 
     def _send_many(self, items: Sequence[Any], sink: Many, timeout: float, mode: str | None) -> None:
-        """Send ``items`` (commands, or queries at ``mode``) in runs, all into ``sink``."""
+        """Send ``items`` (commands, or queries at ``mode``) in runs, all into ``sink``. Each run
+        is encoded here, once: an item that cannot be pickled fails alone, at once, and the
+        others of its run go without it."""
         ch = self._channel
+        what = "command" if mode is None else "query"
         for off, run in self._chunks(items):
+            positions: Sequence[int] = range(off, off + len(run))
+            try:
+                blob = encode_values(run, what)
+            except CommandRejectedError:
+                keep = []
+                for k, item in enumerate(run):
+                    try:
+                        encode_values([item], what)
+                        keep.append(k)
+                    except CommandRejectedError as exc:
+                        sink.put_error(off + k, exc)
+                if not keep:
+                    continue
+                run = [run[k] for k in keep]
+                positions = [off + k for k in keep]
+                blob = encode_values(run, what)
+            target = _Shifted(sink, positions)
             if mode is None:
-                ch.write(self._session, run, _Offset(sink, off), timeout)
+                ch.write(self._session, run, target, timeout, blob=blob)
             else:
-                ch.read(run, mode, _Offset(sink, off), timeout)
+                ch.read(run, mode, target, timeout, blob=blob)
 
 
-class _Offset:
-    """A sink for one run of a batch: positions shifted into the whole batch's."""
+class _Shifted:
+    """A sink for one run of a batch: the run's positions mapped to the whole batch's."""
 
-    __slots__ = ("off", "sink")
+    __slots__ = ("positions", "sink")
 
-    def __init__(self, sink: Many, off: int):
+    def __init__(self, sink: Many, positions: Sequence[int]):
         self.sink = sink
-        self.off = off
+        self.positions = positions
 
     def put(self, positions: Sequence[int], values: Sequence[Any]) -> None:
-        off = self.off
-        self.sink.put(positions if not off else [p + off for p in positions], values)
+        where = self.positions
+        self.sink.put([where[p] for p in positions], values)
 
     def put_error(self, position: int, exc: BaseException) -> None:
-        self.sink.put_error(position + self.off, exc)
+        self.sink.put_error(self.positions[position], exc)
 
 
 def _gather(sink: Many, return_exceptions: bool) -> list[Any]:

@@ -67,11 +67,11 @@ class Request:
     answer keeps the positions of the items it still carries).
     """
 
-    __slots__ = ("cid", "deadline", "in_flight", "items", "kind", "maybe_applied", "mode", "positions", "seqs",
-                 "session", "sink", "target", "tries")
+    __slots__ = ("blob", "cid", "deadline", "in_flight", "items", "kind", "maybe_applied", "mode", "positions",
+                 "seqs", "session", "sink", "target", "tries")
 
     def __init__(self, kind: str, items: list[Any], sink: Sink, deadline: float, session: Session | None = None,
-                 mode: str | None = None, positions: Sequence[int] | None = None):
+                 mode: str | None = None, positions: Sequence[int] | None = None, blob: bytes | None = None):
         self.kind = kind
         self.items = items
         self.sink = sink
@@ -79,6 +79,7 @@ class Request:
         self.session = session
         self.mode = mode  # a read's consistency
         self.positions: Sequence[int] = range(len(items)) if positions is None else positions
+        self.blob = blob  # the items already encoded, if the caller did (a driver's business)
         self.seqs: Sequence[int] = ()  # a write's sequence numbers, given when its session is open
         self.cid: Any = None  # the session id it was last sent in
         self.maybe_applied = False  # an earlier attempt may have reached a leader

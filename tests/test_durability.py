@@ -140,8 +140,9 @@ def test_cluster_relaunched_from_its_data_directory_recovers_everything(ray_sess
     with RaftCluster.launch(num_nodes=3, config=cfg, name="relaunch", data_dir=tmp_path) as cluster:
         bulk_write(cluster, 200, "a")
         cluster.client().submit(put("last", 1))
+        # every node snapshots in the background once it has applied 50 commands
+        wait_until(lambda: (cluster.status()["snapshot_index"] > 0).all(), what="snapshots on every node")
         before = cluster.status()
-        assert (before["snapshot_index"] > 0).all()
     with RaftCluster.launch(num_nodes=3, config=cfg, name="relaunch", data_dir=tmp_path) as again:
         client = again.client()
         assert client.query(get("a199")) == "v" * 8

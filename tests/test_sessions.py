@@ -105,3 +105,26 @@ def test_clients_whose_sessions_expire_open_new_ones_and_nothing_is_applied_twic
                 first_ids.append(c.client_id)
     assert clients[0].query(("get",)) == 20  # every write applied exactly once
     assert [c.client_id for c in clients] != first_ids  # some had to open new sessions
+
+
+def test_retries_of_parts_of_a_part_and_twins_in_one_entry_are_applied_once() -> None:
+    log = Log(Applier(Counter()))
+    s = log.open()
+    # a part of seqs 1..4, then a retry of seqs 2 and 4 alone (named one by one), then 5
+    assert [o.value for o in log._next(dumps([(s, 1, 1, 4, encode_values([("add", 1)] * 4))]))] == [1, 2, 3, 4]
+    assert [o.value for o in log._next(dumps([(s, (2, 4), 1, 2, encode_values([("add", 1)] * 2))]))] == [2, 4]
+    # the same part twice in one entry (a retry that caught up with its first copy): once
+    twice = (s, 5, 1, 2, encode_values([("add", 10), ("add", 10)]))
+    assert [o.value for o in log._next(dumps([twice, twice]))] == [14, 24, 14, 24]
+    assert log.applier.sm.value == 24 and log.applier.applied_commands == 6
+    # acknowledged results go, whole runs at a time; a retry below the acknowledgement is refused
+    log._next(dumps([(s, 7, 7, 1, encode_values([("add", 1)]))]))
+    session = log.applier.sessions[s]
+    assert session.floor == 7 and [first for first, _, _ in session.runs] == [7]
+    (out,) = log._next(request_call(s, 3, 3, ("add", 1)))
+    assert not out.ok and type(out.value).__name__ == "UnknownOutcomeError"
+    # the same in a copy restored from a snapshot
+    copy = Applier(Counter())
+    copy.restore(b"".join(log.applier.snapshot()), log.applier.applied_index)
+    assert [o.value for o in Log(copy)._next(request_call(s, 7, 7, ("add", 1)))] == [25]  # its result, not applied
+    assert [o.value for o in Log(copy)._next(request_call(s, 8, 8, ("add", 1)))] == [26]  # new: applied

@@ -1,0 +1,153 @@
+"""The fast paths on a real Ray, for behaviour (never timing): a slow state machine causes no
+election, calls from many threads coalesce into few Ray calls in order, batches keep their
+order and their errors apart, and exactly-once holds across a leader kill with the shared
+channel."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from raft_actors import CommandError, CommandRejectedError, Counter, RaftConfig, RaftError, UnknownOutcomeError
+from raft_actors.state_machines import PickleSnapshotMixin
+
+from .conftest import wait_until
+
+
+class Slow(PickleSnapshotMixin):
+    """A state machine whose ``("spin", s)`` command keeps the CPU busy for ``s`` seconds."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def apply(self, command):
+        if command[0] == "spin":
+            end = time.perf_counter() + command[1]
+            while time.perf_counter() < end:  # holds the GIL, as pure Python does
+                pass
+        self.n += 1
+        return self.n
+
+    def query(self, q):
+        return self.n
+
+
+def test_a_command_that_takes_two_seconds_causes_no_election(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3, state_machine=Slow)
+    client = cluster.client()
+    client.submit(("tick",))
+    before = cluster.status()[["term", "leader"]]
+    leader = cluster.leader()
+    assert client.submit(("spin", 2.0), timeout=30) == 2  # every replica applies it, for 2 s each
+    assert client.submit(("tick",)) == 3
+    after = cluster.status()[["term", "leader"]]
+    assert (after["term"] == before["term"]).all(), "an election happened while the state machine was busy"
+    assert (after["leader"] == leader).all()
+
+
+class Tokens(PickleSnapshotMixin):
+    """Remembers every token it was given, in order: a write applied twice shows up twice."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def apply(self, command):
+        self.seen.append(command)
+        return len(self.seen)
+
+    def query(self, q):
+        return list(self.seen)
+
+
+def test_calls_from_many_threads_coalesce_and_each_session_keeps_its_order(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3, state_machine=Tokens)
+    shared = cluster.client()
+    shared.submit("warm")
+    calls_before = cluster.channel.calls
+    results: dict[int, list[int]] = {}
+
+    def writer(w: int) -> None:
+        own = cluster.client()
+        results[w] = [own.submit(f"{w}:{i}") for i in range(20)]
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    calls = cluster.channel.calls - calls_before
+    sessions_opened = 32
+    # 640 writes (and 32 session openings) went in far fewer Ray calls than writes
+    assert calls < (640 + sessions_opened) / 3, calls
+    seen = shared.query(("all",))
+    for w in range(32):
+        mine = [s for s in seen if s.startswith(f"{w}:")]
+        assert mine == [f"{w}:{i}" for i in range(20)]  # in order, each once
+        assert results[w] == sorted(results[w])
+
+
+def test_batches_keep_their_order_and_their_errors_apart(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3, state_machine=Counter, config=RaftConfig(client_batch=64))
+    client = cluster.client()
+    out = client.submit_many([("add", 1)] * 1000)
+    assert out == list(range(1, 1001))  # in order, across 16 calls of 64
+    # one command the state machine refuses, one it fails on, one that cannot be pickled
+    mixed = [("add", 1), ("mul", 2), ("add", "x"), ("add", threading.Lock()), ("add", 1)]
+    got = client.submit_many(mixed, return_exceptions=True)
+    assert got[0] == 1001 and got[4] == 1002
+    assert isinstance(got[1], CommandRejectedError) and isinstance(got[2], CommandRejectedError)
+    assert isinstance(got[3], CommandRejectedError) and "cannot be serialized" in str(got[3])
+    with pytest.raises(CommandRejectedError):
+        client.submit_many(mixed)
+    assert client.query_many([("get",)] * 3) == [1004] * 3
+    assert client.query(("get",), consistency="follower") == 1004
+
+
+def test_a_state_machine_error_is_a_result_inside_a_batch(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3, state_machine=Slow)
+    client = cluster.client()
+    got = client.submit_many([("tick",), ("spin", "not a number"), ("tick",)], return_exceptions=True)
+    assert got[0] == 1 and isinstance(got[1], CommandError) and got[2] == 2  # it failed before counting
+
+
+def test_exactly_once_across_a_leader_kill_with_the_shared_channel(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=3, state_machine=Tokens, config=RaftConfig(request_timeout=20))
+    acked: list[str] = []
+    unknown: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(w: int) -> None:
+        c = cluster.client()  # every writer shares the process's channel
+        i = 0
+        while not stop.is_set():
+            token = f"{w}:{i}"
+            try:
+                c.submit(token)
+                with lock:
+                    acked.append(token)
+            except UnknownOutcomeError:
+                with lock:
+                    unknown.append(token)
+            except RaftError:
+                pass  # never reached a leader: not applied
+            i += 1
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(16)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(acked) > 200, what="load")
+    old = cluster.leader()
+    cluster.kill(old)
+    wait_until(lambda: cluster.leader() != old, what="a new leader")
+    n = len(acked)
+    wait_until(lambda: len(acked) > n + 200, what="writes under the new leader")
+    stop.set()
+    for t in threads:
+        t.join()
+    seen = cluster.client().query(("all",))
+    assert len(seen) == len(set(seen)), "a write was applied twice"
+    assert set(acked) <= set(seen), "an acknowledged write is missing"
+    assert set(seen) <= set(acked) | set(unknown), "a write was applied that nobody sent"
