@@ -50,10 +50,14 @@ from .session import (
 
 log = logging.getLogger(__name__)
 
-#: calls in flight per node and kind of call
+#: calls in flight per lane: one, so that calls are as full as the load makes them (measured
+#: here: two in flight made smaller calls and cost more CPU per write on every path), and a
+#: session's writes cannot race each other
 MAX_IN_FLIGHT = 1
 #: seconds between two looks for requests past their deadline
 SWEEP_EVERY = 0.02
+#: seconds a channel trusts the list of the cluster's nodes it last saw (while all answer)
+NODES_EVERY = 0.2
 
 Nodes = Callable[[], Mapping[int, Any]]
 
@@ -105,6 +109,8 @@ class Channel:
         self._lanes: dict[tuple[int, str | None], _Lane] = {}  # reads, by node and consistency
         self.router = Router()
         self._dead_handles: dict[int, Any] = {}  # the handle each dead node had when it died
+        self._ids: list[int] = []
+        self._ids_until = 0.0
         self._closed = False
         self._rng = random.Random()
         # timers: a heap of (when, order, action); the timer thread sleeps until the first
@@ -167,11 +173,11 @@ class Channel:
                 return
             if not req.seqs:
                 s.number(req)
-        ids = self._node_ids()
-        if not ids or self.router.all_dead(ids):
-            self._end(req, ClusterUnavailableError(f"every node of the cluster is dead: {ids}"))
-            return
         if req.kind == READ:
+            ids = self._node_ids()
+            if not ids or self.router.all_dead(ids):
+                self._end(req, ClusterUnavailableError(f"every node of the cluster is dead: {ids}"))
+                return
             node = self.router.pick(ids, req.mode)
             lane = self._lanes.get((node, req.mode))
             if lane is None:
@@ -182,13 +188,19 @@ class Channel:
         self._pump(lane, launch)
 
     def _node_ids(self) -> list[int]:
-        """Under the lock: the cluster's nodes (a dead node whose actor was replaced counts again)."""
+        """Under the lock: the cluster's nodes (a dead node whose actor was replaced counts
+        again), looked up at most every ``NODES_EVERY`` seconds while all is well."""
+        now = time.monotonic()
+        if now < self._ids_until and not self.router.dead:
+            return self._ids
         nodes = self._nodes()
         if self.router.dead:
             for i in list(self.router.dead):
                 if i in nodes and nodes[i] is not self._dead_handles.get(i):
                     self.router.dead.discard(i)
-        return sorted(nodes)
+        self._ids = sorted(nodes)
+        self._ids_until = now + NODES_EVERY
+        return self._ids
 
     def _pump(self, lane: _Lane, launch: list[_Call]) -> None:
         """Under the lock: the lane's next call, if it may leave now."""
@@ -372,6 +384,15 @@ class Channel:
                         r.sink.give_up(RaftError(text))
                 else:
                     r.fail(UnknownOutcomeError(text) if r.kind == WRITE else RaftError(text))
+        elif not answer[1] and not any(r.kind == OPEN for r in call.reqs):
+            # every request answered with its value (the common case): straight to the sinks
+            values = answer[0]
+            off = 0
+            for r in call.reqs:
+                n = len(r.items)
+                r.in_flight = False
+                r.sink.put(r.positions, values[off:off + n] if n > 1 else (values[off],))
+                off += n
         else:
             values, errors = answer
             off = 0
@@ -405,6 +426,7 @@ class Channel:
             died = isinstance(exc, ray.exceptions.ActorDiedError) and not isinstance(
                 exc, ray.exceptions.ActorUnavailableError)
             self.router.lost(call.lane.node, died)
+            self._ids_until = 0.0  # look at the cluster's nodes again
             if died:
                 self._dead_handles[call.lane.node] = self._nodes().get(call.lane.node)
         for r in call.reqs:
