@@ -528,6 +528,9 @@ class Channel:
     def _sweep(self) -> None:
         """Timer thread: end the requests whose deadline passed (every ``SWEEP_EVERY`` seconds
         while any is pending: a deadline is kept within that, at no cost per request)."""
+        if self._cluster_closed() and not self._closed:
+            self.close()  # its cluster was shut down (RaftCluster.shutdown closes it too)
+            return
         now = time.monotonic()
         with self._lock:
             late = [r for r in self._pending if r.deadline <= now]
@@ -614,7 +617,8 @@ class Channel:
                 self._end(r, exc)
 
     def _check_open(self) -> None:
-        if self._closed or self._cluster_closed():
+        # RaftCluster.shutdown closes its channel: no need to ask the cluster at every call
+        if self._closed:
             raise ClusterUnavailableError("the cluster has been shut down")
 
 

@@ -18,7 +18,6 @@ drive these objects, so the seeded runs test the rules users run:
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -108,15 +107,17 @@ class Session:
     """A client session: its id (once opened through the log), the next sequence number, and
     the writes still outstanding (for ``ack``)."""
 
-    __slots__ = ("_outstanding", "_starts", "client_id", "next_seq", "opening", "waiting")
+    __slots__ = ("_in_order", "_outstanding", "client_id", "next_seq", "opening", "waiting")
 
     def __init__(self) -> None:
         self.client_id: Any = None
         self.next_seq = 1
         self.opening = False  # an OPEN request is under way
         self.waiting: list[Request] = []  # writes held until the session is open
-        self._outstanding: set[int] = set()  # first seq of each outstanding write request
-        self._starts: list[int] = []  # a heap of the same, and finished ones not yet popped
+        # first seq of each outstanding write request, in the order they were numbered (so the
+        # first key is the lowest) unless a part was tracked again out of order
+        self._outstanding: dict[int, None] = {}
+        self._in_order = True
 
     @property
     def is_open(self) -> bool:
@@ -124,30 +125,35 @@ class Session:
 
     def number(self, req: Request) -> None:
         """Give a write request its sequence numbers (when it is first sent)."""
-        n = len(req.items)
-        req.seqs = range(self.next_seq, self.next_seq + n)
-        self.next_seq += n
-        self._outstanding.add(req.seqs[0])
-        heapq.heappush(self._starts, req.seqs[0])
+        first = self.next_seq
+        self.next_seq = first + len(req.items)
+        req.seqs = range(first, self.next_seq)
+        self._outstanding[first] = None
 
     def ack(self) -> int:
         """The lowest sequence number still outstanding: the client never retries below it."""
-        heap = self._starts
-        while heap and heap[0] not in self._outstanding:
-            heapq.heappop(heap)
-        return heap[0] if heap else self.next_seq
+        out = self._outstanding
+        if not out:
+            return self.next_seq
+        if self._in_order:
+            return next(iter(out))
+        return min(out)
 
     def finished(self, req: Request) -> None:
         """A write request has ended (every item done or failed), or goes on as a part of it
         (:meth:`Request.subset`: see :meth:`track`), or will be renumbered in a new session."""
         if req.seqs:
-            self._outstanding.discard(req.seqs[0])
+            self._outstanding.pop(req.seqs[0], None)
+            if not self._outstanding:
+                self._in_order = True
 
     def track(self, req: Request) -> None:
         """``req`` (a part of a request that had its numbers) is outstanding."""
         if req.seqs:
-            self._outstanding.add(req.seqs[0])
-            heapq.heappush(self._starts, req.seqs[0])
+            first = req.seqs[0]
+            if self._outstanding and first < next(reversed(self._outstanding)):
+                self._in_order = False
+            self._outstanding[first] = None
 
     def lost(self, req: Request) -> None:
         """The cluster expired the session ``req`` was sent in, and ``req`` was never sent
