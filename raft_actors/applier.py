@@ -223,16 +223,7 @@ class Applier:
                 err = CommandError.from_exception(exc)
                 return [None] * len(commands), dict.fromkeys(range(len(commands)), err)
             return values, {}
-        apply = self.sm.apply
-        values = []
-        errors: dict[int, BaseException] = {}
-        for command in commands:
-            try:
-                values.append(apply(command))
-            except BaseException as exc:  # noqa: BLE001 - user code (even sys.exit): a result, not a dead node
-                errors[len(values)] = CommandError.from_exception(exc)
-                values.append(None)
-        return values, errors
+        return _each(self.sm.apply, commands)
 
     def snapshot(self) -> list[bytes]:
         """The state machine's state and the session table, as of :attr:`applied_index`, as
@@ -276,16 +267,7 @@ class Applier:
 
     def query_all(self, queries: Sequence[Any]) -> Results:
         """Answer ``queries`` in order; a query that raises gets its CommandError."""
-        q = self.sm.query
-        values: list[Any] = []
-        errors: dict[int, BaseException] = {}
-        for query in queries:
-            try:
-                values.append(q(query))
-            except BaseException as exc:  # noqa: BLE001 - user code (even sys.exit): a result, not a dead node
-                errors[len(values)] = CommandError.from_exception(exc)
-                values.append(None)
-        return Results(values, errors)
+        return Results(*_each(self.sm.query, queries))
 
     def validate(self, command: Any) -> None:
         """Raise :class:`CommandRejectedError` if the state machine refuses ``command``."""
@@ -311,6 +293,20 @@ class Applier:
         except BaseException:  # noqa: BLE001 - the caller finds which, and why
             return False
         return True
+
+
+def _each(fn: Any, items: Sequence[Any]) -> tuple[list[Any], dict[int, BaseException]]:
+    """``fn`` (user code) on each item in order: the values, and a CommandError by position
+    for each item it raised on (even ``sys.exit``: a result, never a dead node)."""
+    values: list[Any] = []
+    errors: dict[int, BaseException] = {}
+    for item in items:
+        try:
+            values.append(fn(item))
+        except BaseException as exc:  # noqa: BLE001 - user code: its exception is the result
+            errors[len(values)] = CommandError.from_exception(exc)
+            values.append(None)
+    return values, errors
 
 
 _RUN, _ONE, _ACK = 0, 1, 2
