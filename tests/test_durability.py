@@ -224,13 +224,15 @@ def test_node_down_for_thousands_of_entries_catches_up_by_snapshot(cluster_facto
     client = cluster.client()
     client.submit(put("first", 0))
     victim = next(i for i in cluster.node_ids if i != cluster.leader())
+    victim_log = int(cluster.status().loc[victim, "log_length"])
     cluster.kill(victim)
     bulk_write(cluster, 3000, "k", size=32)
     others = [i for i in cluster.node_ids if i != victim]
     wait_until(lambda: (cluster.status().loc[others, "commands_applied"] > 3000).all(), what="both to apply")
+    # a snapshot every 500 commands (a log entry carries a whole client call of them), taken in
+    # the background: the log is compacted past what the victim holds
+    wait_until(lambda: (cluster.status().loc[others, "snapshot_index"] > victim_log).all(), what="snapshots")
     st = cluster.status()
-    # a snapshot every 500 commands (a log entry carries a whole client call of them)
-    assert (st.loc[others, "snapshot_index"] > 0).all()
     assert (st.loc[others, "commands_since_snapshot"] <= 500 + cfg.client_batch).all()
     assert (st.loc[others, "log_entries"] <= 50).all()  # compacted: memory stays bounded
     cluster.restart(victim)
@@ -257,9 +259,16 @@ def test_snapshot_transfer_cut_by_partitions_and_lossy_links_still_completes(clu
     victim = next(i for i in cluster.node_ids if i != leader)
     cluster.partition([victim])
     bulk_write(cluster, 400, "p", size=64)
+
+    def compacted_past_victim() -> bool:  # snapshots are taken in the background
+        st = cluster.status()
+        return st.loc[leader, "snapshot_index"] > st.loc[victim, "log_length"]
+
     for round_ in range(3):  # heal, let a transfer start, cut it again, write more
+        wait_until(compacted_past_victim, what="the leader to compact past the victim's log")
+        chunks = cluster.status().loc[victim, "snapshot_chunks_received"]
         cluster.heal()
-        wait_until(lambda: cluster.status().loc[victim, "snapshot_chunks_received"] > 0, what="a transfer")
+        wait_until(lambda c=chunks: cluster.status().loc[victim, "snapshot_chunks_received"] > c, what="a transfer")
         cluster.partition([victim])
         bulk_write(cluster, 100, f"q{round_}-", size=64)
     cluster.heal()
@@ -279,6 +288,9 @@ def test_lagging_follower_serving_follower_reads_catches_up_by_snapshot(cluster_
     pid = int(cluster.status().loc[victim, "pid"])
     cluster.partition([victim])
     bulk_write(cluster, 300, "k")
+    leader = cluster.leader()
+    wait_until(lambda: (lambda st: st.loc[leader, "snapshot_index"] > st.loc[victim, "log_length"])(cluster.status()),
+               what="the leader to compact past the victim's log (snapshots are taken in the background)")
     cluster.heal()
 
     async def reads() -> None:  # follower reads, many at once: half go to the lagging node

@@ -108,7 +108,7 @@ def test_replace_a_dead_node_in_one_call(cluster_factory) -> None:
     new = cluster.replace_node(victim)
     conf = cluster.configuration()
     assert victim not in conf.members and new in conf.voters and len(conf.voters) == 3
-    assert cluster.status().loc[new, "applied_index"] > 0
+    wait_until(lambda: cluster.status().loc[new, "applied_index"] > 0, what="the new node to apply")
     client.submit(put("after", 1))
     assert client.query(get("k19")) == 19 and client.query(get("after")) == 1
 
