@@ -81,6 +81,7 @@ class RaftCluster:
         self._errors: dict[int, str] = {}  # why a node is dead, when known
         self._closed = False
         self._clients: weakref.WeakSet[RaftClient] = weakref.WeakSet()
+        self._pids: dict[int, tuple[int, str | None]] = {}  # process of a node paused (to resume it)
 
     # ------------------------------------------------------------------ launch
     @classmethod
@@ -633,17 +634,59 @@ class RaftCluster:
         group_of = {i: k for k, g in enumerate(sets) for i in g}
         self._call_all(lambda i, h: h.set_faults.remote(blocked=[j for j in self._nodes if group_of[j] != group_of[i]]))
 
+    def cut(self, links: Iterable[tuple[int, int]]) -> None:
+        """Cut the given one-way links: for each ``(a, b)``, what node ``a`` sends node ``b`` is
+        lost (``b`` still reaches ``a`` unless ``(b, a)`` is cut too). Replaces any partition or
+        earlier cut; :meth:`heal` removes it."""
+        out: dict[int, list[int]] = {i: [] for i in self._nodes}
+        for a, b in links:
+            self._check(a)
+            self._check(b)
+            out[a].append(b)
+        self._call_all(lambda i, h: h.set_faults.remote(blocked=[], blocked_out=out.get(i, [])))
+
     def heal(self) -> None:
-        """Remove every partition and injected fault."""
+        """Remove every partition, cut and injected message fault."""
         self._check_open()
-        self._call_all(lambda i, h: h.set_faults.remote(blocked=[], drop_rate=0.0, delay=0.0, duplicate_rate=0.0))
+        self._call_all(lambda i, h: h.set_faults.remote(blocked=[], blocked_out=[], drop_rate=0.0, delay=0.0,
+                                                        duplicate_rate=0.0, long_delay_rate=0.0))
 
     def inject(self, node_id: int, drop_rate: float | None = None, delay: float | None = None,
-               duplicate_rate: float | None = None) -> None:
+               duplicate_rate: float | None = None, long_delay_rate: float | None = None,
+               long_delay: tuple[float, float] | None = None) -> None:
         """Make a node drop, duplicate, or delay (by up to ``delay`` seconds, so they also
-        reorder) a share of its outgoing messages."""
+        reorder) a share of its messages (its requests and its answers); ``long_delay_rate`` of
+        them are held back ``long_delay = (low, high)`` seconds instead."""
         self._check(node_id)
-        ray.get(self._nodes[node_id].set_faults.remote(drop_rate=drop_rate, delay=delay, duplicate_rate=duplicate_rate))
+        ray.get(self._nodes[node_id].set_faults.remote(drop_rate=drop_rate, delay=delay, duplicate_rate=duplicate_rate,
+                                                       long_delay_rate=long_delay_rate, long_delay=long_delay))
+
+    def disk_fault(self, node_id: int, kind: str) -> None:
+        """Make node ``node_id``'s disk fail: ``"fail_fsync"`` (the next fsync fails) or
+        ``"full"`` (the next write finds no space). The node stops at once rather than go on
+        as if its writes were durable (fail-stop); Ray restarts it (``max_restarts``) and it
+        replays what its disk holds."""
+        self._check(node_id)
+        ray.get(self._nodes[node_id].set_faults.remote(disk=kind), timeout=_STATUS_TIMEOUT * 5)
+
+    def pause(self, node_id: int) -> None:
+        """Freeze a node's process (``SIGSTOP``), as a long GC pause or a stalled VM would: it
+        neither answers nor notices time passing until :meth:`resume`."""
+        self._signal(node_id, "SIGSTOP")
+
+    def resume(self, node_id: int) -> None:
+        """Let a paused node's process run again (``SIGCONT``)."""
+        self._signal(node_id, "SIGCONT")
+
+    def _signal(self, node_id: int, signame: str) -> None:
+        self._check(node_id)
+        st = self._statuses().get(node_id) if signame == "SIGSTOP" else None
+        where = self._pids.get(node_id) if st is None else (int(st["pid"]), st.get("ray_node"))
+        if where is None:
+            raise ClusterUnavailableError(f"node {node_id} did not answer: its process is unknown")
+        self._pids[node_id] = where
+        pid, ray_node = where
+        ray.get(_send_signal.options(**_on_ray_node(ray_node)).remote(pid, signame), timeout=_STATUS_TIMEOUT * 5)
 
     def transfer_leadership(self, to: int, timeout: float = 10.0) -> float:
         """Hand leadership to node ``to``; returns the seconds it took."""
@@ -712,6 +755,23 @@ class RaftCluster:
             raise ClusterUnavailableError(f"cluster {self.name} has been shut down")
 
 
+
+
+@ray.remote(num_cpus=0)
+def _send_signal(pid: int, signame: str) -> None:
+    """Send a signal to a process on the machine this task runs on."""
+    import signal
+
+    os.kill(pid, getattr(signal, signame))
+
+
+def _on_ray_node(ray_node: str | None) -> dict[str, Any]:
+    """Ray options that run a task on the machine ``ray_node`` (the local one if unknown)."""
+    if not ray_node:
+        return {}
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray_node, soft=False)}
 
 
 def _init_ray(address: str | None, namespace: str) -> bool:

@@ -629,16 +629,33 @@ class RaftNode:
 
     @ray.method(concurrency_group="admin")
     def set_faults(self, blocked: list[int] | None = None, drop_rate: float | None = None,
-                   delay: float | None = None, duplicate_rate: float | None = None) -> None:
-        """Fault injection: cut this node off from ``blocked`` peers; drop, delay, duplicate messages."""
+                   delay: float | None = None, duplicate_rate: float | None = None,
+                   blocked_out: list[int] | None = None, long_delay_rate: float | None = None,
+                   long_delay: tuple[float, float] | None = None, disk: str | None = None) -> None:
+        """Fault injection: cut this node off from ``blocked`` peers (both ways) or only its
+        messages to ``blocked_out``; drop, delay, duplicate messages (see
+        :class:`~raft_actors.transport.Transport`). ``disk``: ``"fail_fsync"`` makes the next
+        fsync fail, ``"full"`` the next write (no space left): the node stops at once
+        (fail-stop), as it must when it cannot know what reached its disk; ``"ok"`` clears it."""
+        t = self.transport
         if blocked is not None:
-            self.transport.block(set(blocked))
+            t.block(set(blocked))
+        if blocked_out is not None:
+            t.blocked_out = set(blocked_out)
         if drop_rate is not None:
-            self.transport.drop_rate = drop_rate
+            t.drop_rate = drop_rate
         if duplicate_rate is not None:
-            self.transport.duplicate_rate = duplicate_rate
+            t.duplicate_rate = duplicate_rate
         if delay is not None:
-            self.transport.delay = delay
+            t.delay = delay
+        if long_delay_rate is not None:
+            t.long_delay_rate = long_delay_rate
+        if long_delay is not None:
+            t.long_delay = (float(long_delay[0]), float(long_delay[1]))
+        if disk is not None:
+            if disk not in ("ok", "fail_fsync", "full"):
+                raise ValueError(f"disk must be 'ok', 'fail_fsync' or 'full', not {disk!r}")
+            self.storage.inject(None if disk == "ok" else disk)
 
     @ray.method(concurrency_group="admin")
     def ping(self) -> int:

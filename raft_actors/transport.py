@@ -94,10 +94,12 @@ class Transport:
     that travel beside it. How it ended goes to ``on_snapshot_done``.
 
     Fault injection for tests and benchmarks: :meth:`block` cuts this node off from some peers
-    (both directions, with :meth:`allows` on the receiving side), ``drop_rate`` loses messages
-    at random, ``duplicate_rate`` sends some twice, and ``delay`` holds each call back by up to
-    that many seconds (a random share of it, so calls also overtake each other; the node's
-    timer thread sends them through :meth:`due`).
+    (both directions, with :meth:`allows` on the receiving side), ``blocked_out`` only the
+    messages it sends them (a one-way cut), ``drop_rate`` loses messages at random (this node's
+    requests and its answers alike), ``duplicate_rate`` sends some twice, and ``delay`` holds
+    each call back by up to that many seconds (a random share of it, so calls also overtake
+    each other); ``long_delay_rate`` of the calls are held back ``long_delay`` seconds
+    (``(low, high)``) instead. The node's timer thread sends delayed calls through :meth:`due`.
     """
 
     def __init__(self, node_id: int, resolve: Callable[[int], Any] | None = None, on_reply: OnReply | None = None,
@@ -118,9 +120,12 @@ class Transport:
         self._resolve = resolve
         self._resolved_at: dict[int, float] = {}
         self.blocked: set[int] = set()
+        self.blocked_out: set[int] = set()
         self.drop_rate = 0.0
         self.duplicate_rate = 0.0
         self.delay = 0.0
+        self.long_delay_rate = 0.0
+        self.long_delay: tuple[float, float] = (0.0, 0.0)
         self.max_calls = max_calls
         self.max_queue = max_queue
         self._lock = threading.Lock()  # queues, calls in flight, delayed sends
@@ -144,11 +149,12 @@ class Transport:
 
     def faulty(self, messages: list[Message]) -> list[Message]:
         """``messages`` as the injected faults let them through: cut, dropped or duplicated."""
-        if not (self.blocked or self.drop_rate or self.duplicate_rate):
+        if not (self.blocked or self.blocked_out or self.drop_rate or self.duplicate_rate):
             return messages
         out = []
         for m in messages:
-            if m.to in self.blocked or (self.drop_rate and self._rng.random() < self.drop_rate):
+            if (m.to in self.blocked or m.to in self.blocked_out
+                    or (self.drop_rate and self._rng.random() < self.drop_rate)):
                 continue
             out.append(m)
             if self.duplicate_rate and self._rng.random() < self.duplicate_rate:
@@ -195,9 +201,13 @@ class Transport:
             self._finished(call)
             return
         payload = encode_messages(batch, blobs)
-        if self.delay:
+        if self.delay or self.long_delay_rate:
             with self._lock:
-                when = time.monotonic() + self.delay * self._rng.random()
+                if self.long_delay_rate and self._rng.random() < self.long_delay_rate:
+                    wait = self._rng.uniform(*self.long_delay)
+                else:
+                    wait = self.delay * self._rng.random()
+                when = time.monotonic() + wait
                 heapq.heappush(self._delayed, (when, call.token, call.peer, payload))
                 call.started = when
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import statistics
 import time
 from collections import deque
@@ -24,16 +25,30 @@ class MeteredStorage:
         self._entries = 0
         self.syncs = 0
         self.synced_entries = 0
+        self._fault: str | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
+    def inject(self, fault: str | None) -> None:
+        """Fault injection: ``"fail_fsync"``: the next sync raises ``OSError(EIO)`` after writing
+        (the data may or may not be on the disk); ``"full"``: the next write raises
+        ``OSError(ENOSPC)`` before anything is written; ``None``: no fault."""
+        self._fault = fault
+
     def append(self, entries: list[Entry]) -> None:
+        if self._fault == "full":
+            raise OSError(errno.ENOSPC, "no space left on device (injected)")
         self._entries += len(entries)
         self.inner.append(entries)
 
     def sync(self) -> None:
+        fault = self._fault
+        if fault == "full":
+            raise OSError(errno.ENOSPC, "no space left on device (injected)")
         start = time.perf_counter()
+        if fault == "fail_fsync":
+            raise OSError(errno.EIO, "fsync failed (injected)")
         self.inner.sync()
         self._times.append(time.perf_counter() - start)
         self._batch.append(self._entries)
