@@ -1,4 +1,4 @@
-"""Command line: ``raft-actors demo`` and ``raft-actors sim``."""
+"""Command line: ``raft-actors demo``, ``bench``, ``sim`` and ``jepsen``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,20 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--storage", choices=["file", "memory"], default="file",
                       help="durable write-ahead log (default) or memory only")
     sub.add_parser("bench", add_help=False, help="the benchmark suite (quick by default; --full, --pysyncobj, --only ...)")
+    jep = sub.add_parser("jepsen", help="a Jepsen-style test: clients and faults on a live cluster, a verdict, a report")
+    jep.add_argument("--nemesis", default="partition,kill,pause",
+                     help="comma-separated: partition, kill, pause, net, membership, disk, or all, or none")
+    jep.add_argument("--time", type=float, default=60.0, help="seconds of faults and load")
+    jep.add_argument("--nodes", type=int, default=3)
+    jep.add_argument("--clients", type=int, default=8)
+    jep.add_argument("--workload", choices=["register", "counter"], default="register")
+    jep.add_argument("--rate", type=float, default=None, help="operations per second in all (default: closed loop)")
+    jep.add_argument("--seed", type=int, default=0, help="decides the schedule of faults and the operations")
+    jep.add_argument("--consistency", choices=["linearizable", "follower", "stale"], default="linearizable",
+                     help="what reads ask for (the history is always checked as linearizable: stale must fail)")
+    jep.add_argument("--op-timeout", type=float, default=5.0)
+    jep.add_argument("--out", help="report directory (default: jepsen-results/<time>)")
+    jep.add_argument("--address", help="an existing Ray cluster (e.g. auto); default: a local Ray")
     sim = sub.add_parser("sim", help="run seeded simulations (deterministic; a failing seed replays exactly)")
     sim.add_argument("--seeds", type=int, default=100, help="how many seeds, from --first")
     sim.add_argument("--first", type=int, default=0)
@@ -33,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
         run_demo(num_nodes=args.nodes, seconds=args.seconds, storage=args.storage)
         return 0
+    if args.command == "jepsen":
+        return _jepsen(args)
 
     import time
 
@@ -51,6 +67,33 @@ def main(argv: list[str] | None = None) -> int:
                 print(lin.describe())
     print(f"{args.seeds} seeds, {bad} failed, {time.perf_counter() - start:.1f} s")
     return 1 if bad else 0
+
+
+def _jepsen(args: argparse.Namespace) -> int:
+    import time
+
+    import ray
+
+    from .jepsen import NEMESES, JepsenTest, run, summary, write_report
+
+    names = [n.strip() for n in args.nemesis.split(",") if n.strip()]
+    nemeses = tuple(sorted(NEMESES)) if names == ["all"] else () if names == ["none"] else tuple(names)
+    test = JepsenTest(nodes=args.nodes, clients=args.clients, duration=args.time, nemeses=nemeses,
+                      workload=args.workload, seed=args.seed, rate=args.rate, read_consistency=args.consistency,
+                      op_timeout=args.op_timeout)
+    out = args.out or f"jepsen-results/{time.strftime('%Y%m%d-%H%M%S')}"
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
+    try:
+        result = run(test)
+    finally:
+        if started:
+            ray.shutdown()
+    files = write_report(result, out)
+    print(summary(result))
+    print(f"report: {out}/ ({', '.join(sorted(files))})")
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

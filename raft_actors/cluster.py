@@ -767,7 +767,7 @@ def _send_signal(pid: int, signame: str) -> None:
 
 def _on_ray_node(ray_node: str | None) -> dict[str, Any]:
     """Ray options that run a task on the machine ``ray_node`` (the local one if unknown)."""
-    if not ray_node:
+    if not isinstance(ray_node, str) or not ray_node:
         return {}
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

@@ -185,6 +185,8 @@ class CheckResult:
             whether the model accepts its output in the state reached.
             Accepted ones lead only to dead ends.
         initial_state: The model's initial state (for the report).
+        linearizations: When ``ok``, the order found for each sub-history (the operations
+            with an unknown outcome that took effect are in it; the others are not).
     """
 
     ok: bool
@@ -195,10 +197,20 @@ class CheckResult:
     prefix_states: list[Any] = field(default_factory=list)
     next_candidates: list[tuple[Operation, bool]] = field(default_factory=list)
     initial_state: Any = None
+    linearizations: list[list[Operation]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         """Truthiness mirrors :attr:`ok`."""
         return self.ok
+
+    def to_html(self, history: Sequence[Operation], title: str = "history") -> str:
+        """A self-contained HTML page of ``history`` and this result: one lane per client,
+        operations as bars over time, the linearization found (or, on failure, the longest
+        linearizable prefix and the operations that could not come next), details on hover.
+        No network needed (see :mod:`raft_actors.history_view`)."""
+        from .history_view import render
+
+        return render(history, self, title)
 
     def describe(self, max_lines: int = 60) -> str:
         """Return a human-readable, multi-line explanation of the result.
@@ -465,7 +477,8 @@ def _search(ops: Sequence[Operation], model: Model, deadline: float | None) -> _
                 continue
         entry = nxt[entry]
 
-    return _SearchOutcome(True, [], [])
+    # every known-outcome operation is linearized: the stack is the linearization found
+    return _SearchOutcome(True, [node_op[e] for e, _, _ in stack], [s for _, s, _ in stack[1:]] + [state])
 
 
 def _earlier_equal_masks(order: list[int], inputs: list[Any], bit: list[int], n: int) -> list[int]:
@@ -555,6 +568,7 @@ def check(history: Sequence[Operation], model: Model, *, timeout: float | None =
     deadline = None if timeout is None else time.monotonic() + timeout
     ops = _validate(history)
     parts = model.partition(ops) if model.partition is not None else [ops]
+    found: list[list[Operation]] = []
     for index, part in enumerate(parts):
         if not part:
             continue
@@ -574,7 +588,8 @@ def check(history: Sequence[Operation], model: Model, *, timeout: float | None =
                 next_candidates=_next_candidates(part, model, outcome.prefix, state),
                 initial_state=init_state,
             )
-    return CheckResult(ok=True, partitions_checked=len(parts))
+        found.append([part[i] for i in outcome.prefix])
+    return CheckResult(ok=True, partitions_checked=len(parts), linearizations=found)
 
 
 # ---------------------------------------------------------------------------

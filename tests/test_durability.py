@@ -46,6 +46,16 @@ def bulk_write(cluster, n: int, prefix: str, size: int = 8) -> None:
     asyncio.run(go())
 
 
+def wait_compacted_past(cluster, leader: int, victim: int) -> None:
+    """Snapshots are taken in the background: wait until the leader's covers the victim's log."""
+
+    def compacted() -> bool:
+        st = cluster.status()
+        return st.loc[leader, "snapshot_index"] > st.loc[victim, "log_length"]
+
+    wait_until(compacted, what="the leader to compact past the victim's log")
+
+
 def segments(data_dir: str) -> list[str]:
     return sorted(os.path.join(data_dir, f) for f in os.listdir(data_dir) if f.startswith("wal-"))
 
@@ -260,12 +270,8 @@ def test_snapshot_transfer_cut_by_partitions_and_lossy_links_still_completes(clu
     cluster.partition([victim])
     bulk_write(cluster, 400, "p", size=64)
 
-    def compacted_past_victim() -> bool:  # snapshots are taken in the background
-        st = cluster.status()
-        return st.loc[leader, "snapshot_index"] > st.loc[victim, "log_length"]
-
     for round_ in range(3):  # heal, let a transfer start, cut it again, write more
-        wait_until(compacted_past_victim, what="the leader to compact past the victim's log")
+        wait_compacted_past(cluster, leader, victim)
         chunks = cluster.status().loc[victim, "snapshot_chunks_received"]
         cluster.heal()
         wait_until(lambda c=chunks: cluster.status().loc[victim, "snapshot_chunks_received"] > c, what="a transfer")
@@ -289,8 +295,7 @@ def test_lagging_follower_serving_follower_reads_catches_up_by_snapshot(cluster_
     cluster.partition([victim])
     bulk_write(cluster, 300, "k")
     leader = cluster.leader()
-    wait_until(lambda: (lambda st: st.loc[leader, "snapshot_index"] > st.loc[victim, "log_length"])(cluster.status()),
-               what="the leader to compact past the victim's log (snapshots are taken in the background)")
+    wait_compacted_past(cluster, leader, victim)
     cluster.heal()
 
     async def reads() -> None:  # follower reads, many at once: half go to the lagging node
