@@ -787,6 +787,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=int, default=3000, help="virtual ms of faults and load")
     p.add_argument("--lose-storage", type=float, default=0.0)
     p.add_argument("--check", action="store_true", help="also check linearizability of the history")
+    p.add_argument("--html", metavar="PATH", help="with --check: write the checker's view of the history here")
     a = p.parse_args(argv)
     res = simulate(a.seed, a.duration, num_nodes=a.nodes, num_clients=a.clients, faults=Faults(lose_storage=a.lose_storage))
     print(res.describe())
@@ -795,6 +796,10 @@ def main(argv: list[str] | None = None) -> int:
 
         lin = check(res.history, kv_model())
         print("linearizable" if lin.ok else lin.describe())
+        if a.html:
+            with open(a.html, "w", encoding="utf-8") as f:
+                f.write(lin.to_html(res.history, f"simulation seed {a.seed}"))
+            print(f"history view: {a.html}")
         return 0 if res.ok and lin.ok else 1
     return 0 if res.ok else 1
 

@@ -66,6 +66,15 @@ def test_same_seed_replays_exactly() -> None:
     assert a.stats == b.stats
 
 
+def test_a_seed_replayed_from_the_command_line_writes_the_checkers_view(tmp_path, capsys) -> None:
+    from raft_actors.sim import main
+
+    page = tmp_path / "seed3.html"
+    assert main(["--seed", "3", "--duration", "1000", "--check", "--html", str(page)]) == 0
+    assert "linearizable" in capsys.readouterr().out
+    assert "simulation seed 3" in page.read_text() and "<!doctype html>" in page.read_text()
+
+
 def test_different_seeds_differ() -> None:
     assert simulate(1).history != simulate(2).history
 
