@@ -36,6 +36,7 @@ from .errors import ClusterUnavailableError, CommandRejectedError, RaftError, Ra
 from .raycall import outcome, when_done
 from .session import (
     ATTEMPT_TIMEOUT,
+    LINEARIZABLE,
     OPEN,
     READ,
     WRITE,
@@ -44,6 +45,7 @@ from .session import (
     Session,
     backoff,
     expire,
+    new_leader,
     settle,
     unreachable,
 )
@@ -81,7 +83,7 @@ class _Lane:
 
 
 class _Call:
-    __slots__ = ("groups", "lane", "over", "reqs")
+    __slots__ = ("groups", "lane", "over", "probe_at", "reqs", "sent")
 
     def __init__(self, lane: _Lane, reqs: list[Request], groups: list[tuple]):
         self.lane = lane
@@ -91,6 +93,8 @@ class _Call:
         #: ``None`` for reads; its requests' items go in the part together, encoded once
         self.groups = groups
         self.over = False  # answered, or given up on (a late answer is then ignored)
+        self.sent = 0.0  # when it left (time.monotonic())
+        self.probe_at = float("inf")  # when to ask the others who leads, if still unanswered
 
 
 class Channel:
@@ -104,6 +108,11 @@ class Channel:
         self.config = config
         self._cluster_closed = is_closed
         self.batch_limit = config.client_batch
+        #: seconds a call to the leader may go unanswered before the others are asked who
+        #: leads (the longest election timeout: by then a paused leader has been replaced)
+        jitter = config.election_jitter_ticks
+        self.probe_after = (config.election_ticks + (config.election_ticks - 1 if jitter is None else jitter)) \
+            * config.tick_interval
         self._lock = threading.Lock()
         self._write_lane = _Lane(0, None)
         self._lanes: dict[tuple[int, str | None], _Lane] = {}  # reads, by node and consistency
@@ -121,6 +130,7 @@ class Channel:
         self._timer_thread: threading.Thread | None = None
         self._pending: set[Request] = set()  # every request not yet ended
         self._sweeping = False  # a deadline sweep is scheduled
+        self._out: set[_Call] = set()  # calls in flight (the sweep keeps their time too)
         self.calls = 0  # Ray calls made (for tests and benchmarks)
 
     @classmethod
@@ -331,8 +341,12 @@ class Channel:
                 self._failed(call, exc)
                 continue
             self.calls += 1
+            call.sent = time.monotonic()
+            if lane.mode is None or lane.mode == LINEARIZABLE:
+                call.probe_at = call.sent + self.probe_after
             with self._lock:
-                self._timer(time.monotonic() + ATTEMPT_TIMEOUT, lambda c=call: self._timed_out(c))
+                if not call.over:
+                    self._out.add(call)
             if own is not None and mine is None and own in call.reqs:
                 mine = (call, ref)
             else:
@@ -342,10 +356,10 @@ class Channel:
     def _wait_for(self, call: _Call, ref: Any, deadline: float) -> None:
         """A blocking caller waits for the call carrying its request, on its own thread."""
         try:
-            result = ray.get(ref, timeout=max(1e-3, min(ATTEMPT_TIMEOUT, deadline - time.monotonic())))
+            result = ray.get(ref, timeout=max(1e-3, min(self.probe_after, deadline - time.monotonic())))
         except ray.exceptions.GetTimeoutError:
-            # its deadline (or the attempt's) came first: the timers deal with it; a late
-            # answer still counts for the others in the call
+            # slow: from now on the caller waits for its own result, however it comes (the
+            # timers may send its request elsewhere); the call's answer still counts
             when_done(ref, lambda res, c=call: self._answered(c, lambda: outcome(res)))
             return
         except Exception as exc:  # noqa: BLE001 - the call failed: as through the callback
@@ -372,6 +386,7 @@ class Channel:
             if call.over:
                 return
             call.over = True
+            self._out.discard(call)
         again: list[Request] = []
         reopen: list[Request] = []
         hint = 0
@@ -417,26 +432,54 @@ class Channel:
                     reopen.append(st.reopen)
         self._after(call, again, reopen, hint, answered=answer is not None)
 
-    def _failed(self, call: _Call, exc: BaseException) -> None:
-        """A call got no answer: the node is dead, restarting or cut off."""
+    def _failed(self, call: _Call, exc: BaseException, leader: int = 0) -> None:
+        """A call got no answer: the node is dead, restarting or cut off (``leader``: another
+        node is known to lead now; its requests go there at once)."""
         with self._lock:
             if call.over:
                 return
             call.over = True
+            self._out.discard(call)
             died = isinstance(exc, ray.exceptions.ActorDiedError) and not isinstance(
                 exc, ray.exceptions.ActorUnavailableError)
             self.router.lost(call.lane.node, died)
             self._ids_until = 0.0  # look at the cluster's nodes again
             if died:
                 self._dead_handles[call.lane.node] = self._nodes().get(call.lane.node)
+            if leader:
+                self.router.follow(leader, self._node_ids())
         for r in call.reqs:
             unreachable(r)
-        self._after(call, list(call.reqs), [], 0, answered=False, backoff_all=True)
+        self._after(call, list(call.reqs), [], 0, answered=False, backoff_all=not leader)
 
-    def _timed_out(self, call: _Call) -> None:
-        """Timer thread: no answer within ``ATTEMPT_TIMEOUT``: ask elsewhere."""
-        if not call.over:
-            self._failed(call, TimeoutError("no answer in time"))
+    def _probe(self, call: _Call) -> None:
+        """Timer thread: a call to the leader is unanswered after ``probe_after`` seconds (the
+        sweep asks again every ``probe_after`` while it stays so). Ask the other nodes who
+        leads: if they name another leader, the old one is paused or cut off and the call's
+        requests go to the new one (:func:`~raft_actors.session.new_leader`), well before
+        ``ATTEMPT_TIMEOUT``."""
+        asked = call.lane.node
+        others = [h for i, h in self._nodes().items() if i != asked]
+        hints: list[tuple[int, int]] = []
+        left = [len(others)]
+        lock = threading.Lock()
+
+        def got(result: Any) -> None:  # Ray's callback thread
+            with lock:
+                if not isinstance(result, BaseException):
+                    hints.append(tuple(result))
+                left[0] -= 1
+                if left[0]:
+                    return
+            leader = new_leader(asked, hints)
+            if leader and not call.over:
+                self._failed(call, TimeoutError(f"node {asked} is silent; node {leader} leads"), leader)
+
+        for h in others:
+            try:
+                when_done(h.leader_hint.remote(), got)
+            except Exception as exc:  # noqa: BLE001 - a handle Ray refuses: no hint from it
+                got(exc)
 
     def _after(self, call: _Call, again: list[Request], reopen: list[Request], hint: int, answered: bool,
                backoff_all: bool = False) -> None:
@@ -526,8 +569,10 @@ class Channel:
             self._timer(time.monotonic() + SWEEP_EVERY, self._sweep)
 
     def _sweep(self) -> None:
-        """Timer thread: end the requests whose deadline passed (every ``SWEEP_EVERY`` seconds
-        while any is pending: a deadline is kept within that, at no cost per request)."""
+        """Timer thread, every ``SWEEP_EVERY`` seconds while anything is pending or out: end the
+        requests whose deadline passed, give up on calls unanswered for ``ATTEMPT_TIMEOUT``
+        and probe those to the leader unanswered for ``probe_after`` (times are kept within
+        ``SWEEP_EVERY``, at no cost per request or call)."""
         if self._cluster_closed() and not self._closed:
             self.close()  # its cluster was shut down (RaftCluster.shutdown closes it too)
             return
@@ -542,12 +587,24 @@ class Channel:
                     if r in r.session.waiting:
                         r.session.waiting.remove(r)
                     r.session.finished(r)
-            self._sweeping = bool(self._pending) and not self._closed
+            stuck: list[_Call] = []
+            slow: list[_Call] = []
+            for c in self._out:  # a handful: one per lane at most
+                if now >= c.sent + ATTEMPT_TIMEOUT:
+                    stuck.append(c)
+                elif now >= c.probe_at:
+                    c.probe_at = now + self.probe_after
+                    slow.append(c)
+            self._sweeping = bool(self._pending or self._out) and not self._closed
             if self._sweeping:
                 self._timer(now + SWEEP_EVERY, self._sweep)
         for r in late:
             if r.kind != OPEN:
                 expire(r)
+        for c in stuck:  # no answer in time: ask elsewhere
+            self._failed(c, TimeoutError("no answer in time"))
+        for c in slow:
+            self._probe(c)
 
     # ------------------------------------------------------------------ sessions
     def _opened(self, session: Session, cid: Any) -> None:

@@ -658,6 +658,15 @@ class RaftNode:
             self.storage.inject(None if disk == "ok" else disk)
 
     @ray.method(concurrency_group="admin")
+    def leader_hint(self) -> tuple[int, int]:
+        """``(term, leader)`` as this node knows them (0: none), read at once, without waiting
+        for the Raft loop: a client whose leader went silent asks the others who leads now."""
+        if not self._started.is_set():
+            return (0, 0)
+        core = self.replica.core
+        return (core.term, core.lead)
+
+    @ray.method(concurrency_group="admin")
     def ping(self) -> int:
         return self.node_id
 

@@ -257,14 +257,27 @@ def expire(req: Request) -> None:
         req.fail(RaftTimeoutError("deadline passed before the cluster answered"))
 
 
+def new_leader(asked: int, hints: Sequence[tuple[int, int]]) -> int:
+    """A call to ``asked`` (as the leader) has gone unanswered for a while, and the other nodes
+    answered ``(term, leader)`` hints: the leader to ask instead, or 0 to keep waiting.
+
+    The hint of the highest term wins, and only when it names another node: a leader that is
+    merely slow is still named by the others, while a paused or cut-off one has been replaced
+    (its requests then go to the new leader; sessions apply a write sent twice once)."""
+    best = max(hints, default=(0, 0))
+    return best[1] if best[1] not in (0, asked) else 0
+
+
 class Router:
     """Which node to ask: the leader for writes and linearizable reads (learnt from answers
     and redirect hints), a follower for follower reads, any node for stale reads; nodes that
-    are dead are avoided."""
+    are dead are avoided, and so are nodes that went silent (no answer in time: paused, cut
+    off, overloaded) while others answer, until one of them answers or is named leader."""
 
     def __init__(self, choose: Callable[[Sequence[int]], int] | None = None) -> None:
         self.leader = 0
         self.dead: set[int] = set()
+        self.silent: set[int] = set()
         self._redirected_from = 0  # the node whose hint we followed last
         rr = itertools.count()
         #: picks one of several equally good nodes (round robin unless told otherwise)
@@ -278,15 +291,16 @@ class Router:
         if mode is None or mode == LINEARIZABLE:
             if self.leader in alive:
                 return self.leader
-            return self.choose(alive)
+            return self.choose([i for i in alive if i not in self.silent] or alive)
         if mode == FOLLOWER:
             others = [i for i in alive if i != self.leader] or alive
-            return self.choose(others)
-        return self.choose(alive)
+            return self.choose([i for i in others if i not in self.silent] or others)
+        return self.choose([i for i in alive if i not in self.silent] or alive)
 
     def answered(self, target: int, mode: str | None) -> None:
         """``target`` answered a call for real: for writes and linearizable reads, it leads."""
         self.dead.discard(target)
+        self.silent.discard(target)
         if mode is None or mode == LINEARIZABLE:
             self.leader = target
             self._redirected_from = 0
@@ -295,18 +309,26 @@ class Router:
         """``target`` was not the node to ask; ``hint`` names the leader it knows (0: none).
         Returns whether to wait a little (backoff) before the retry: no better node is known."""
         self.dead.discard(target)
+        self.silent.discard(target)
         if mode is None or mode == LINEARIZABLE:
             # a hint straight back to a node that just sent us here: both are out of date
             bounced = hint == self._redirected_from
             self._redirected_from = target
-            self.leader = hint if hint in nodes and hint != target else 0
+            self.follow(hint if hint != target else 0, nodes)
             return not self.leader or bounced
         return True
+
+    def follow(self, hint: int, nodes: Sequence[int]) -> None:
+        """Ask ``hint`` next: a node names it as the leader (0 or an unknown node: none known)."""
+        self.leader = hint if hint in nodes else 0
+        self.silent.discard(hint)
 
     def lost(self, target: int, died: bool) -> None:
         """``target`` did not answer; ``died``: its actor is gone for good."""
         if died:
             self.dead.add(target)
+        else:
+            self.silent.add(target)
         if target == self.leader:
             self.leader = 0
 

@@ -18,6 +18,7 @@ from raft_actors import (
     RaftConfig,
     RaftTimeoutError,
 )
+from raft_actors import channel as channel_module
 from raft_actors.state_machines import get, put
 
 from .conftest import wait_until
@@ -153,6 +154,43 @@ def test_leader_is_found_while_an_isolated_node_inflates_its_term(cluster_factor
                what="the isolated node to run elections")
     client.submit(put("x", 1))
     assert cluster.leader(timeout=5) == leader
+
+
+def test_a_paused_leader_is_left_for_the_new_one_while_it_still_sleeps(cluster_factory, monkeypatch) -> None:
+    """SIGSTOP the leader (a long GC pause, a stalled VM): calls to it neither fail nor answer.
+    Clients ask the other nodes who leads and go there while it sleeps; the per-attempt
+    timeout is made far longer than the test here, so it cannot be what moves them."""
+    monkeypatch.setattr(channel_module, "ATTEMPT_TIMEOUT", 300.0)
+    cluster = cluster_factory(num_nodes=3)
+    client = cluster.client()
+    client.submit(put("a", 0))
+    old = cluster.leader()
+    others = [i for i in cluster.node_ids if i != old]
+    done = threading.Event()
+    seen: list = []
+
+    def writes() -> None:  # a script's thread, one blocking write after another
+        for i in range(1, 11):
+            seen.append(client.submit(put("a", i), timeout=120))
+        seen.append(asyncio.run(read_async()))
+        done.set()
+
+    async def read_async() -> int:
+        aclient = cluster.async_client()
+        try:
+            return await aclient.query(get("a"), timeout=120)
+        finally:
+            await aclient.aclose()
+
+    cluster.pause(old)
+    try:
+        threading.Thread(target=writes, daemon=True).start()
+        assert done.wait(60), f"the clients waited for the paused leader ({len(seen)} calls answered)"
+        assert seen[-1] == 10
+    finally:
+        cluster.resume(old)
+    wait_until(lambda: cluster.leader() in others and cluster.client().query(get("a")) == 10,
+               what="the woken node to follow the new leader")
 
 
 def test_driver_survives_a_node_that_died_on_its_own(cluster_factory) -> None:

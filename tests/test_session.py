@@ -23,6 +23,7 @@ from raft_actors.session import (
     Session,
     backoff,
     expire,
+    new_leader,
     settle,
     unreachable,
 )
@@ -152,6 +153,34 @@ def test_the_router_learns_the_leader_follows_hints_and_backs_off_when_they_boun
     r.lost(1, died=True)
     r.lost(3, died=True)
     assert r.all_dead(nodes)
+
+
+def test_a_silent_node_is_avoided_until_it_answers_or_is_named_leader() -> None:
+    r = Router(lambda nodes: nodes[0])
+    nodes = [1, 2, 3]
+    r.answered(1, None)
+    r.lost(1, died=False)  # the leader went silent (paused, cut off): not dead, but ask others
+    assert r.leader == 0 and r.pick(nodes, None) == 2 and r.pick(nodes, STALE) == 2
+    assert not r.all_dead(nodes)
+    r.lost(2, died=False)
+    r.lost(3, died=False)
+    assert r.pick(nodes, None) == 1  # all silent: any of them rather than none
+    r.silent.clear()
+    r.lost(1, died=False)
+    assert not r.redirected(2, 1, nodes, None) and r.pick(nodes, None) == 1  # named leader: asked again
+    r.lost(3, died=False)
+    r.answered(3, FOLLOWER)
+    assert 3 not in r.silent  # it answered
+
+
+def test_a_silent_leader_is_replaced_only_by_a_newer_leader_the_others_name() -> None:
+    assert new_leader(1, [(5, 2), (5, 2)]) == 2  # both others follow node 2 now
+    assert new_leader(1, [(4, 1), (4, 1)]) == 0  # still node 1: it is only slow
+    assert new_leader(1, [(4, 1), (5, 0)]) == 0  # an election is on, no leader yet: wait
+    assert new_leader(1, [(4, 3), (6, 1)]) == 0  # a stale hint loses to a newer term naming node 1
+    assert new_leader(1, [(7, 3), (6, 1)]) == 3
+    assert new_leader(1, [(7, 0), (7, 3)]) == 3  # a node that knows the leader beats one that does not
+    assert new_leader(1, []) == 0
 
 
 def test_backoff_grows_to_a_bound() -> None:
