@@ -254,7 +254,7 @@ class Disk(Nemesis):
             fault.detail = ("restarted" if kind == "torn" else
                             "BIT FLIP NOT DETECTED: the node started") + f" ({damaged})"
         except NodeStartupError as exc:
-            fault.detail = f"detected, refused to start: {str(exc)[:160]}; replaced"
+            fault.detail = f"detected, refused to start: {exc}; replaced"
             with contextlib.suppress(RaftError):
                 cl.replace_node(victim, timeout=90)
 
