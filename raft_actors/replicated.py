@@ -1,0 +1,579 @@
+"""Replicated actors: a Python class behind a Ray-style actor handle, its state kept by Raft.
+
+::
+
+    import ray
+    import raft_actors
+
+    @raft_actors.replicated
+    class Bank:
+        def __init__(self, fee=0):
+            self.fee, self.accounts = fee, {}
+
+        def deposit(self, who, amount):          # a write: through the log, applied once, in order
+            self.accounts[who] = self.accounts.get(who, 0) + amount - self.fee
+            return self.accounts[who]
+
+        @raft_actors.read                         # a read: never changes the state
+        def balance(self, who):
+            return self.accounts.get(who, 0)
+
+    bank = Bank.options(num_replicas=3, name="bank").remote(fee=1)
+    ray.get(bank.deposit.remote("ann", 10))               # 9
+    ray.get(bank.balance.remote("ann"))                   # 9, linearizable
+    bank.balance.options(consistency="stale").remote("ann")
+
+``Bank.remote(...)`` launches a Raft cluster (:class:`~raft_actors.cluster.RaftCluster`) whose
+every node holds a ``Bank`` built from the same arguments. A method call is a command in the
+log: committed by a majority, applied once (a retry after a leader change or a lost answer is
+recognized by its session and sequence number), in the order each handle made its calls, with
+the same result and the same exception on every replica. A method marked :func:`read` is a
+query, answered at the consistency asked for (``"linearizable"`` by default).
+
+What ``.remote()`` returns is a :class:`RaftRef`: ``ray.get`` takes it (alone or in a list of
+them), ``await`` takes it, :func:`get` and :func:`wait` are ``ray.get`` and ``ray.wait`` for lists
+that mix them with ``ObjectRef``\\ s, and :meth:`RaftRef.object_ref` gives a real ``ObjectRef``
+once the result is in: pass that to a Ray task for Ray to resolve it as an argument (Ray
+refuses a ``RaftRef`` itself as a top-level argument; inside a list or dict one travels
+resolved). ``ray.wait`` refuses anything but Ray's own ``ObjectRef``: use :func:`wait`. It is
+not itself an ``ObjectRef``: minting one costs a Ray call per request, and
+calls here travel in batches (every handle and client of a process shares the process's
+channel to the cluster), so a call through a handle costs what a client call costs.
+
+Supported: plain methods (writes), methods marked :func:`read`, any picklable arguments and
+results, exceptions (raised to the caller as themselves, as ``ray.get`` does for an actor).
+Refused when the class is decorated, with a ``TypeError``: ``async def`` methods and
+generators (a command must finish before the next one is applied, and its result must be a
+value), and methods annotated to return an ``ObjectRef``; a method that returns an
+``ObjectRef`` anyway raises ``TypeError`` at the caller (on every replica alike). Static and class methods
+and names starting with ``_`` are not callable through the handle.
+
+State is snapshotted by pickling the instance (cloudpickle); a class may define
+``__raft_snapshot__(self) -> bytes`` and ``__raft_restore__(self, data)`` instead (the latter is
+called on an instance made without ``__init__``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Self
+
+import cloudpickle
+import ray
+
+from .channel import Channel, _resolve_soon
+from .cluster import DEFAULT_NAMESPACE, RaftCluster
+from .errors import CommandError
+from .raycall import when_done
+from .session import LINEARIZABLE, READ_MODES, Session
+
+try:  # ray.get hands a CompiledDAGRef (and a list of them) to its own .get(): RaftRef is one
+    from ray.experimental.compiled_dag_ref import CompiledDAGRef as _RayGetProtocol
+except ImportError:  # pragma: no cover - a Ray without it: ray.get refuses RaftRefs, get() works
+    _RayGetProtocol = object  # type: ignore[assignment,misc]
+
+__all__ = ["RaftRef", "ReplicatedClass", "ReplicatedHandle", "get", "get_replicated", "read", "replicated", "wait"]
+
+#: the options of :meth:`ReplicatedClass.options`, and their defaults
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "num_replicas": 3,
+    "name": None,
+    "namespace": DEFAULT_NAMESPACE,
+    "config": None,
+    "address": None,
+    "data_dir": None,
+    "storage": "file",
+    "placement": "auto",
+    "actor_options": None,
+    "consistency": LINEARIZABLE,
+    "timeout": None,
+}
+
+
+def read(method: Callable) -> Callable:
+    """Mark a method of a :func:`replicated` class as a read: it is answered from a replica's
+    state, never written to the log, and must not change the state."""
+    method.__raft_read__ = True  # type: ignore[attr-defined]
+    return method
+
+
+def replicated(cls: type | None = None, **options: Any) -> Any:
+    """Make ``cls`` a replicated actor class: ``@replicated`` or ``@replicated(num_replicas=5)``
+    (any option of :meth:`ReplicatedClass.options`). See the module doc."""
+    if cls is None:
+        return lambda c: ReplicatedClass(c, options)
+    return ReplicatedClass(cls, options)
+
+
+def _method_table(cls: type) -> dict[str, bool]:
+    """``{name: is_read}`` of the methods callable through a handle; ``TypeError`` for a method
+    that cannot be replicated (see the module doc)."""
+    if not isinstance(cls, type):
+        raise TypeError(f"@replicated takes a class, not {cls!r}")
+    table: dict[str, bool] = {}
+    for name in dir(cls):
+        attr = inspect.getattr_static(cls, name)
+        if isinstance(attr, staticmethod | classmethod | property):
+            continue
+        fn = getattr(cls, name)
+        if not inspect.isfunction(fn) or (name.startswith("_") and name != "__init__"):
+            continue
+        where = f"{cls.__qualname__}.{name}"
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(f"{where} is async: a replicated method is applied inside the log, one command "
+                            "after another, and must finish before the next one; make it a plain def")
+        if inspect.isgeneratorfunction(fn):
+            raise TypeError(f"{where} is a generator: a replicated method's result must be a value "
+                            "(return a list instead)")
+        ret = inspect.signature(fn).return_annotation
+        if ret is ray.ObjectRef or (isinstance(ret, str) and ret.replace("ray.", "").startswith("ObjectRef")):
+            raise TypeError(f"{where} returns an ObjectRef: a replicated method's result must be a value, "
+                            "the same on every replica")
+        if name != "__init__":
+            table[name] = bool(getattr(fn, "__raft_read__", False))
+    return table
+
+
+class ReplicatedState:
+    """The state machine each node runs for a replicated class: an instance of it, commands
+    ``(method, args, kwargs)`` applied to it. Built by :meth:`ReplicatedClass.state_machine`
+    (usable with :class:`~raft_actors.cluster.RaftCluster`, the simulator and the Jepsen-style
+    suite as any state machine is)."""
+
+    def __init__(self, cls: type, args: tuple = (), kwargs: dict | None = None):
+        self.cls = cls
+        self.methods = _method_table(cls)
+        self.obj = cls(*args, **(kwargs or {}))
+
+    def validate(self, command: Any) -> None:
+        self._call(command, write=True, run=False)
+
+    def apply(self, command: Any) -> Any:
+        return self._call(command, write=True)
+
+    def query(self, query: Any) -> Any:
+        return self._call(query, write=False)
+
+    def _call(self, command: Any, write: bool, run: bool = True) -> Any:
+        if not (isinstance(command, tuple) and len(command) == 3 and isinstance(command[0], str)
+                and isinstance(command[1], tuple) and isinstance(command[2], dict)):
+            raise ValueError(f"a {self.cls.__qualname__} call is (method, args, kwargs), not {command!r}")
+        name, args, kwargs = command
+        is_read = self.methods.get(name)
+        if is_read is None:
+            raise AttributeError(f"{self.cls.__qualname__} has no replicated method {name!r}")
+        if write == is_read:
+            kind = "a read: query it" if is_read else "a write: it goes through the log"
+            raise ValueError(f"{self.cls.__qualname__}.{name} is {kind}")
+        if not run:
+            return None
+        result = getattr(self.obj, name)(*args, **kwargs)
+        if isinstance(result, ray.ObjectRef):
+            raise TypeError(f"{self.cls.__qualname__}.{name} returned an ObjectRef: a replicated method's "
+                            "result must be a value")
+        return result
+
+    def snapshot(self) -> bytes:
+        hook = getattr(self.obj, "__raft_snapshot__", None)
+        return hook() if hook is not None else cloudpickle.dumps(self.obj)
+
+    def restore(self, data: bytes) -> None:
+        if hasattr(self.cls, "__raft_restore__"):
+            obj = self.cls.__new__(self.cls)
+            obj.__raft_restore__(data)
+            self.obj = obj
+        else:
+            self.obj = cloudpickle.loads(data)
+
+
+class _Factory:
+    """The zero-argument factory a cluster's nodes build their state machine with."""
+
+    def __init__(self, cls: type, args: tuple, kwargs: dict):
+        self.cls, self.args, self.kwargs = cls, args, kwargs
+
+    def __call__(self) -> ReplicatedState:
+        return ReplicatedState(self.cls, self.args, self.kwargs)
+
+
+class ReplicatedClass:
+    """A class made replicated by :func:`replicated`: ``.remote(*args)`` starts one, ``.options``
+    sets how. Calling it directly is refused, as for a Ray actor class."""
+
+    def __init__(self, cls: type, options: dict[str, Any] | None = None):
+        self._methods = _method_table(cls)
+        self.cls = cls
+        self._options = dict(DEFAULT_OPTIONS)
+        self._options.update(_checked(options or {}))
+        functools.update_wrapper(self, cls, updated=())
+
+    def options(self, **options: Any) -> ReplicatedClass:
+        """A copy with these options changed:
+
+        - ``num_replicas`` (3): Raft nodes, each holding a replica of the instance;
+        - ``name``: the cluster's name (the nodes are named detached actors; a handle passed to
+          another process, or :func:`get_replicated`, finds them by it); random if not given;
+        - ``namespace``, ``address``, ``config`` (a :class:`~raft_actors.config.RaftConfig`),
+          ``data_dir``, ``storage``, ``placement``, ``actor_options`` (``ray.remote`` options
+          of the node actors: ``num_cpus``, ``resources``...): as for
+          :meth:`RaftCluster.launch <raft_actors.cluster.RaftCluster.launch>`;
+        - ``consistency``: the default of reads (``"linearizable"``, ``"follower"``, ``"stale"``);
+        - ``timeout``: the default deadline of a call, in seconds (``config.request_timeout``).
+        """
+        new = ReplicatedClass.__new__(ReplicatedClass)
+        new.__dict__.update(self.__dict__)
+        new._options = {**self._options, **_checked(options)}
+        return new
+
+    def remote(self, *args: Any, **kwargs: Any) -> ReplicatedHandle:
+        """Start the replicated actor: launch its Raft cluster, each node building the instance
+        from ``args`` and ``kwargs``, and return its handle once a leader is elected."""
+        o = self._options
+        cluster = RaftCluster.launch(
+            o["num_replicas"], _Factory(self.cls, args, kwargs), o["config"], address=o["address"], name=o["name"],
+            namespace=o["namespace"], actor_options=o["actor_options"], storage=o["storage"], data_dir=o["data_dir"],
+            placement=o["placement"])
+        return ReplicatedHandle(cluster, self.cls, self._methods, o["consistency"], o["timeout"])
+
+    def state_machine(self, *args: Any, **kwargs: Any) -> Callable[[], ReplicatedState]:
+        """The zero-argument state machine factory of an instance built from ``args`` and
+        ``kwargs``: for the simulator, the Jepsen-style suite or ``RaftCluster.launch``."""
+        return _Factory(self.cls, args, kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"a replicated class is not instantiated directly: use {self.cls.__name__}.remote(...) "
+                        f"(or {self.cls.__name__}.cls(...) for a plain local instance)")
+
+    def __repr__(self) -> str:
+        return f"ReplicatedClass({self.cls.__qualname__})"
+
+
+def _checked(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)}; the options are {sorted(DEFAULT_OPTIONS)}")
+    if "consistency" in options and options["consistency"] not in READ_MODES:
+        raise ValueError(f"consistency must be one of {READ_MODES}, got {options['consistency']!r}")
+    n = options.get("num_replicas", 1)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"num_replicas must be a positive int, got {n!r}")
+    return options
+
+
+class ReplicatedHandle:
+    """The handle of a running replicated actor: ``handle.method.remote(*args)`` calls it.
+
+    It may be passed to Ray tasks and actors and to other drivers: it travels by the cluster's
+    name and reconnects there. ``handle.cluster`` is its
+    :class:`~raft_actors.cluster.RaftCluster` (status, faults, membership, ``shutdown``). Calls
+    through one handle in one process are one client session: applied in the order made.
+    """
+
+    def __init__(self, cluster: RaftCluster, cls: type, methods: dict[str, bool], consistency: str = LINEARIZABLE,
+                 timeout: float | None = None):
+        self.cluster = cluster
+        self.cls = cls
+        self._methods = methods
+        self._consistency = consistency
+        self._timeout = timeout
+        self._session = Session()
+        self._bound: dict[str, _Method] = {}
+
+    @property
+    def name(self) -> str:
+        return self.cluster.name
+
+    @property
+    def _channel(self) -> Channel:
+        return self.cluster.channel
+
+    def __getattr__(self, name: str) -> _Method:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        bound = self.__dict__.get("_bound")
+        if bound is None:
+            raise AttributeError(name)
+        m = bound.get(name)
+        if m is None:
+            is_read = self._methods.get(name)
+            if is_read is None:
+                raise AttributeError(f"{self.cls.__qualname__} has no method {name!r} callable through its handle "
+                                     f"(public instance methods: {sorted(self._methods)})")
+            m = bound[name] = _Method(self, name, is_read, self._consistency, self._timeout)
+        return m
+
+    def __reduce__(self) -> tuple:
+        return (_reconnect, (self.cluster.name, self.cluster.namespace, self._consistency, self._timeout))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cluster.shutdown()
+
+    def __repr__(self) -> str:
+        return f"ReplicatedHandle({self.cls.__qualname__}, cluster={self.cluster.name!r})"
+
+
+class _Method:
+    """``handle.method``: ``.remote(*args, **kwargs)`` calls it; ``.options(...)`` per call."""
+
+    __slots__ = ("_consistency", "_handle", "_name", "_read", "_timeout")
+
+    def __init__(self, handle: ReplicatedHandle, name: str, is_read: bool, consistency: str, timeout: float | None):
+        self._handle = handle
+        self._name = name
+        self._read = is_read
+        self._consistency = consistency
+        self._timeout = timeout
+
+    def options(self, consistency: str | None = None, timeout: float | None = None) -> _Method:
+        """This method with another read ``consistency`` (reads only) or call deadline."""
+        if consistency is not None:
+            if not self._read:
+                raise ValueError(f"{self._name} is a write: it always goes through the log (consistency is for reads)")
+            if consistency not in READ_MODES:
+                raise ValueError(f"consistency must be one of {READ_MODES}, got {consistency!r}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        return _Method(self._handle, self._name, self._read, consistency or self._consistency,
+                       timeout if timeout is not None else self._timeout)
+
+    def remote(self, *args: Any, **kwargs: Any) -> RaftRef:
+        """Call the method; returns a :class:`RaftRef` to its result at once."""
+        h = self._handle
+        ch = h._channel
+        ch._check_open()
+        timeout = self._timeout if self._timeout is not None else ch.config.request_timeout
+        ref = RaftRef()
+        call = (self._name, args, kwargs)
+        if self._read:
+            ch.read([call], self._consistency, ref, timeout)
+        else:
+            ch.write(h._session, [call], ref, timeout)
+        return ref
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"call it with .remote(): {self._name}.remote(...)")
+
+
+def _reconnect(name: str, namespace: str, consistency: str, timeout: float | None) -> ReplicatedHandle:
+    return get_replicated(name, namespace=namespace, consistency=consistency, timeout=timeout)
+
+
+def get_replicated(name: str, *, namespace: str = DEFAULT_NAMESPACE, address: str | None = "auto",
+                   consistency: str = LINEARIZABLE, timeout: float | None = None) -> ReplicatedHandle:
+    """The handle of the running replicated actor named ``name`` (launched by any driver).
+    Raises :class:`~raft_actors.errors.ClusterUnavailableError` if none answers, and
+    ``TypeError`` if the cluster of that name does not run a replicated class."""
+    cluster = RaftCluster.connect(name, address=address, namespace=namespace)
+    factory = cloudpickle.loads(cluster._state_machine)
+    if not isinstance(factory, _Factory):
+        raise TypeError(f"cluster {name!r} does not run a replicated class (its state machine is {factory!r})")
+    return ReplicatedHandle(cluster, factory.cls, _method_table(factory.cls), consistency, timeout)
+
+
+# ---------------------------------------------------------------------------- references
+
+
+class _Settled:
+    """What a resolved ref carries to another process: its value or its exception."""
+
+    def __init__(self, value: Any, exc: BaseException | None):
+        self.value, self.exc = value, exc
+
+
+def _resolved(settled: _Settled) -> RaftRef:
+    ref = RaftRef()
+    if settled.exc is None:
+        ref.put((0,), (settled.value,))
+    else:
+        ref.put_error(0, settled.exc)
+    return ref
+
+
+class RaftRef(_RayGetProtocol):
+    """The result of a replicated actor's call, once it is in: ``ray.get(ref)``,
+    ``ray.get([ref, ...])``, ``await ref``, :meth:`get`, :meth:`future`, :func:`wait`.
+
+    A call that raised raises its exception here (the one the method raised when it could be
+    pickled, else a :class:`~raft_actors.errors.CommandError`); a call that could not be
+    carried out raises a :class:`~raft_actors.errors.RaftError` (e.g.
+    :class:`~raft_actors.errors.UnknownOutcomeError` when its deadline passed after it may have
+    been applied). Pickled (inside a Ray task's or actor's arguments), a ref waits for its
+    result and travels resolved; :meth:`object_ref` gives a real ``ObjectRef`` for Ray to
+    resolve as a top-level argument.
+    """
+
+    def __init__(self) -> None:  # not CompiledDAGRef's: nothing of it is used
+        self._latch = threading.Lock()
+        self._latch.acquire()
+        self._done = False
+        self._value: Any = None
+        self._exc: BaseException | None = None
+        self._callbacks: list[Callable[[RaftRef], None]] | None = None
+
+    # the channel's sink interface
+    def put(self, positions: Sequence[int], values: Sequence[Any]) -> None:
+        self._settle(values[0], None)
+
+    def put_error(self, position: int, exc: BaseException) -> None:
+        if isinstance(exc, CommandError) and exc.cause is not None:
+            cause = exc.cause
+            if exc.traceback and not getattr(cause, "__raft_noted__", False):
+                cause.add_note(f"raised in the replicated actor:\n{exc.traceback.rstrip()}")
+                cause.__raft_noted__ = True  # type: ignore[attr-defined]
+            exc = cause
+        self._settle(None, exc)
+
+    def _settle(self, value: Any, exc: BaseException | None) -> None:
+        with _callbacks_lock:
+            if self._done:
+                return
+            self._value, self._exc, self._done = value, exc, True
+            callbacks, self._callbacks = self._callbacks, None
+        self._latch.release()
+        for cb in callbacks or ():
+            cb(self)
+
+    def _on_done(self, callback: Callable[[RaftRef], None]) -> None:
+        """Call ``callback(self)`` once the result is in (now, if it is)."""
+        with _callbacks_lock:
+            if not self._done:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+    def done(self) -> bool:
+        return self._done
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The result (what ``ray.get(ref, timeout=...)`` calls): waits up to ``timeout``
+        seconds (``None``: until the call's own deadline ends it), then raises
+        ``ray.exceptions.GetTimeoutError``."""
+        if not self._done:
+            if not self._latch.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+                raise ray.exceptions.GetTimeoutError(f"the result was not in within {timeout} s")
+            self._latch.release()
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+    def future(self) -> Any:
+        """A ``concurrent.futures.Future`` of the result."""
+        from concurrent.futures import Future
+
+        fut: Future = Future()
+
+        def settle(ref: RaftRef) -> None:
+            if ref._exc is not None:
+                fut.set_exception(ref._exc)
+            else:
+                fut.set_result(ref._value)
+
+        self._on_done(settle)
+        return fut
+
+    def __await__(self) -> Any:
+        if not self._done:
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            self._on_done(lambda ref: _resolve_soon(loop, fut, ref._value, ref._exc))
+            yield from fut.__await__()
+        return self.get()
+
+    def object_ref(self, timeout: float | None = None) -> ray.ObjectRef:
+        """A real ``ObjectRef`` of the result (it waits for the result, then ``ray.put`` s it):
+        for ``ray.wait`` beside other refs, or an argument Ray resolves for a task. An
+        exception is put as Ray puts a task's, so ``ray.get`` raises it."""
+        try:
+            value = self.get(timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the call's own error: Ray raises it from the ref
+            return ray.put(ray.exceptions.RayTaskError("replicated actor call", str(exc), exc))
+        return ray.put(value)
+
+    def __reduce__(self) -> tuple:
+        try:
+            value, exc = self.get(), None
+        except BaseException as e:  # noqa: BLE001 - travels as the result
+            value, exc = None, e
+        return (_resolved, (_Settled(value, exc),))
+
+    def __copy__(self) -> RaftRef:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> RaftRef:
+        return self
+
+    def __del__(self) -> None:  # CompiledDAGRef's frees DAG buffers: nothing to do here
+        pass
+
+    def __repr__(self) -> str:
+        state = "pending" if not self._done else ("error" if self._exc is not None else "done")
+        return f"RaftRef({state})"
+
+    __str__ = __repr__
+
+
+_callbacks_lock = threading.Lock()
+
+
+def _ready_any(refs: Sequence[Any], on_ready: Callable[[int], None]) -> None:
+    for i, r in enumerate(refs):
+        if isinstance(r, RaftRef):
+            r._on_done(lambda _, i=i: on_ready(i))
+        elif isinstance(r, ray.ObjectRef):
+            when_done(r, lambda _, i=i: on_ready(i))
+        else:
+            raise TypeError(f"wait() takes RaftRefs and ObjectRefs, not {type(r).__name__}")
+
+
+def wait(refs: Sequence[Any], *, num_returns: int = 1, timeout: float | None = None) -> tuple[list, list]:
+    """``ray.wait`` for a list of :class:`RaftRef` s and ``ObjectRef`` s, mixed: returns
+    ``(ready, not_ready)`` once ``num_returns`` are ready or ``timeout`` seconds passed, each
+    list in the order of ``refs``."""
+    refs = list(refs)
+    if not 0 <= num_returns <= len(refs):
+        raise ValueError(f"num_returns must be between 0 and {len(refs)}, got {num_returns}")
+    ready: set[int] = set()
+    cond = threading.Condition()
+
+    def on_ready(i: int) -> None:
+        with cond:
+            ready.add(i)
+            if len(ready) >= num_returns:
+                cond.notify_all()
+
+    _ready_any(refs, on_ready)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with cond:
+        while len(ready) < num_returns:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            cond.wait(left)
+        done = set(ready)
+    return [r for i, r in enumerate(refs) if i in done], [r for i, r in enumerate(refs) if i not in done]
+
+
+def get(refs: Any, *, timeout: float | None = None) -> Any:
+    """``ray.get`` for a :class:`RaftRef`, an ``ObjectRef``, or a list mixing them."""
+    if isinstance(refs, list):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = []
+        for r in refs:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            out.append(r.get(left) if isinstance(r, RaftRef) else ray.get(r, timeout=left))
+        return out
+    if isinstance(refs, RaftRef):
+        return refs.get(timeout)
+    return ray.get(refs, timeout=timeout)

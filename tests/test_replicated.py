@@ -1,0 +1,282 @@
+"""Replicated actors (raft_actors.replicated): a class behind a Ray-style handle.
+
+Decoration-time refusals need no Ray; the rest runs on a local Ray: writes and reads at each
+consistency, exceptions, refs with ray.get / await / wait / tasks, a leader killed mid-stream
+(each call applied once, in order), handles passed to tasks and found by name, snapshots, and
+the same class in the simulator and the Jepsen-style suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+import ray
+
+import raft_actors
+from raft_actors import CommandError, RaftConfig, RaftRef
+from raft_actors.linearizability import UNKNOWN, Model, check
+from raft_actors.replicated import ReplicatedState
+
+from .conftest import wait_until
+
+
+@raft_actors.replicated
+class Bank:
+    def __init__(self, fee: int = 0) -> None:
+        self.fee, self.accounts = fee, {}
+
+    def deposit(self, who: str, amount: int) -> int:
+        if amount <= 0:
+            raise ValueError(f"amount must be positive, got {amount}")
+        self.accounts[who] = self.accounts.get(who, 0) + amount - self.fee
+        return self.accounts[who]
+
+    def leak(self) -> object:
+        return ray.put(1)  # an ObjectRef as a result: refused
+
+    @raft_actors.read
+    def balance(self, who: str) -> int:
+        return self.accounts.get(who, 0)
+
+    @raft_actors.read
+    def total(self) -> int:
+        return sum(self.accounts.values())
+
+    def _private(self) -> None:
+        pass
+
+
+@raft_actors.replicated(num_replicas=3)
+class Tally:
+    """A counter with its own snapshot format (counts how often it was restored)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.restored = 0
+
+    def incr(self, by: int = 1) -> int:
+        self.n += by
+        return self.n
+
+    @raft_actors.read
+    def value(self) -> tuple[int, int]:
+        return self.n, self.restored
+
+    def __raft_snapshot__(self) -> bytes:
+        return str(self.n).encode()
+
+    def __raft_restore__(self, data: bytes) -> None:
+        self.n = int(data)
+        self.restored = getattr(self, "restored", 0) + 1
+
+
+# ---------------------------------------------------------------------------- without Ray
+
+
+def test_what_cannot_be_replicated_is_refused_when_the_class_is_decorated() -> None:
+    class Async:
+        async def go(self) -> None: ...
+
+    class Gen:
+        def items(self):
+            yield 1
+
+    class Refs:
+        def ref(self) -> ray.ObjectRef: ...
+
+    for cls, word in ((Async, "async"), (Gen, "generator"), (Refs, "ObjectRef")):
+        with pytest.raises(TypeError, match=word):
+            raft_actors.replicated(cls)
+    with pytest.raises(TypeError, match="takes a class"):
+        raft_actors.replicated(len)
+    with pytest.raises(TypeError, match="unknown option"):
+        Bank.options(replicas=3)
+    with pytest.raises(ValueError, match="consistency"):
+        Bank.options(consistency="eventual")
+    with pytest.raises(TypeError, match=r"Bank\.remote"):
+        Bank()
+
+
+def test_the_state_machine_applies_writes_answers_reads_and_keeps_them_apart() -> None:
+    sm = Bank.state_machine(fee=1)()
+    assert sm.apply(("deposit", ("ann", 10), {})) == 9
+    assert sm.query(("balance", ("ann",), {})) == 9
+    with pytest.raises(ValueError, match="is a read"):
+        sm.validate(("balance", ("ann",), {}))
+    with pytest.raises(ValueError, match="is a write"):
+        sm.query(("deposit", ("ann", 1), {}))
+    with pytest.raises(AttributeError, match="no replicated method '_private'"):
+        sm.validate(("_private", (), {}))
+    with pytest.raises(ValueError, match=r"\(method, args, kwargs\)"):
+        sm.validate(("deposit", "ann"))
+    copy = Bank.state_machine()()
+    copy.restore(sm.snapshot())
+    assert copy.query(("balance", ("ann",), {})) == 9 and copy.obj.fee == 1
+    t = Tally.state_machine()()
+    t.apply(("incr", (5,), {}))
+    t2 = Tally.state_machine()()
+    t2.restore(t.snapshot())  # the class's own format, restored on an instance made without __init__
+    assert t2.query(("value", (), {})) == (5, 1)
+
+
+# ---------------------------------------------------------------------------- on Ray
+
+
+@pytest.fixture(scope="module")
+def bank(ray_session: None, tmp_path_factory):
+    handle = Bank.options(name="test-bank", data_dir=str(tmp_path_factory.mktemp("bank"))).remote(fee=1)
+    yield handle
+    handle.cluster.shutdown(delete_data=True)
+
+
+def test_writes_and_reads_at_each_consistency(bank) -> None:
+    assert ray.get(bank.deposit.remote("ann", 10)) == 9
+    assert ray.get(bank.balance.remote("ann")) == 9  # linearizable: sees the write at once
+    assert ray.get(bank.balance.options(consistency="follower").remote("ann")) == 9  # linearizable too
+    stale = bank.balance.options(consistency="stale")
+    wait_until(lambda: ray.get(stale.remote("ann")) == 9, what="a stale read to catch up")
+    with pytest.raises(ValueError, match="write"):
+        bank.deposit.options(consistency="stale")
+    with pytest.raises(AttributeError, match="no method 'withdraw'"):
+        bank.withdraw.remote("ann", 1)
+    with pytest.raises(AttributeError, match="_private"):
+        bank._private.remote()
+
+
+def test_one_handles_calls_apply_in_the_order_made_through_ray_get_await_and_futures(bank) -> None:
+    refs = [bank.deposit.remote("bob", 2) for _ in range(200)]  # fee 1: +1 each
+    assert isinstance(refs[0], RaftRef)
+    assert ray.get(refs) == list(range(1, 201))  # a list of refs, as for ObjectRefs
+
+    async def many() -> list[int]:
+        return await asyncio.gather(*(bank.deposit.remote("bob", 2) for _ in range(300)))
+
+    assert asyncio.run(many()) == list(range(201, 501))
+    assert bank.deposit.remote("bob", 2).future().result(timeout=30) == 501
+    assert raft_actors.get(bank.balance.remote("bob"), timeout=30) == 501
+
+
+def test_a_methods_exception_reaches_the_caller_as_itself_and_the_actor_lives_on(bank) -> None:
+    before = ray.get(bank.total.remote())
+    ref = bank.deposit.remote("ann", -5)
+    with pytest.raises(ValueError, match="must be positive") as info:
+        ray.get(ref)
+    assert any("raised in the replicated actor" in note for note in info.value.__notes__)
+    with pytest.raises(ValueError):  # the same error again, and through await
+        asyncio.run(_await(ref))
+    with pytest.raises(TypeError, match="returned an ObjectRef"):
+        ray.get(bank.leak.remote())
+    assert ray.get(bank.total.remote()) == before  # nothing changed
+    assert ray.get(bank.deposit.remote("ann", 2)) == ray.get(bank.balance.remote("ann"))
+
+
+async def _await(ref: RaftRef):
+    return await ref
+
+
+def test_wait_mixes_raft_refs_and_object_refs_and_object_ref_feeds_a_task(bank) -> None:
+    @ray.remote
+    def double(x: int) -> int:
+        return 2 * x
+
+    slow = double.remote(1)
+    refs = [bank.deposit.remote("cat", 3) for _ in range(5)] + [slow]
+    ready, pending = raft_actors.wait(refs, num_returns=len(refs), timeout=60)
+    assert len(ready) == 6 and not pending
+    assert raft_actors.get(ready) == [2, 4, 6, 8, 10, 2]
+    never = RaftRef()  # a ref no call will ever settle
+    assert raft_actors.wait([never], timeout=0.05) == ([], [never])
+    with pytest.raises(ray.exceptions.GetTimeoutError):
+        ray.get(never, timeout=0.05)
+    assert ray.get(double.remote(bank.balance.remote("cat").object_ref())) == 20  # Ray resolves it
+
+
+def test_a_handle_passed_to_a_task_reconnects_by_name_and_refs_reach_tasks(bank) -> None:
+    @ray.remote
+    def pay(handle, amount, nested) -> int:  # another process: the handle finds the cluster by its name
+        (ref,) = nested  # a RaftRef inside a list travels resolved
+        return ray.get(handle.deposit.remote("dan", amount + ray.get(ref)))
+
+    before = ray.get(bank.balance.remote("ann"))
+    got = ray.get(pay.remote(bank, bank.balance.remote("ann").object_ref(), [bank.balance.remote("ann")]))
+    assert got == 2 * before - 1  # fee 1
+    with pytest.raises(TypeError):  # Ray itself refuses a RaftRef as a top-level argument
+        pay.remote(bank, bank.balance.remote("ann"), [])
+    again = raft_actors.get_replicated("test-bank")  # found by name from this driver too
+    assert again.cls is Bank.cls and ray.get(again.balance.remote("dan")) == got
+
+
+def test_a_plain_cluster_is_not_taken_for_a_replicated_actor(cluster_factory) -> None:
+    cluster = cluster_factory(num_nodes=1, name="test-plain-kv")
+    with pytest.raises(TypeError, match="does not run a replicated class"):
+        raft_actors.get_replicated(cluster.name)
+
+
+def test_a_leader_killed_mid_stream_loses_no_call_and_applies_each_once_in_order(ray_session, tmp_path) -> None:
+    tally = Tally.options(data_dir=str(tmp_path), config=RaftConfig(snapshot_commands=100, keep_bytes=0)).remote()
+    try:
+        cluster = tally.cluster
+        refs = [tally.incr.remote() for _ in range(300)]
+        ray.get(refs[:10])
+        cluster.kill(cluster.leader())  # abruptly, with calls in flight and queued
+        refs += [tally.incr.remote() for _ in range(300)]
+        assert ray.get(refs) == list(range(1, 601))  # each applied once, in the order made
+        assert ray.get(tally.value.remote())[0] == 600
+        st = cluster.status()
+        assert (st["snapshot_index"].dropna() > 0).any()  # snapshots in the class's own format
+    finally:
+        tally.cluster.shutdown(delete_data=True)
+
+
+# ---------------------------------------------------------------------------- simulator, Jepsen
+
+
+def _bank_op(rng: random.Random, client: int, n: int) -> tuple[str, tuple]:
+    if rng.random() < 0.4:
+        return "read", ("total", (), {})
+    return "write", ("deposit", (rng.choice("ab"), rng.randint(1, 4)), {})
+
+
+def _bank_step(total: int, op: tuple, out: object) -> tuple[bool, int]:
+    name, args, _ = op
+    if name == "deposit":
+        new = total + args[1]
+        return out is UNKNOWN or isinstance(out, int), new
+    return out is UNKNOWN or out == total, total
+
+
+BANK_MODEL = Model(init=lambda: 0, step=_bank_step)
+
+
+def test_a_replicated_class_runs_in_the_simulator() -> None:
+    from raft_actors.sim import Faults, Simulator
+
+    sm = Bank.state_machine()
+    assert isinstance(sm(), ReplicatedState)
+    for seed in (1, 2):
+        result = Simulator(seed, state_machine=sm, workload=_bank_op, faults=Faults.chaos()).run()
+        assert result.ok, result.describe()
+        assert check(result.history, BANK_MODEL, timeout=60).ok
+
+
+def test_a_replicated_class_under_a_jepsen_nemesis_is_linearizable(ray_session) -> None:
+    from raft_actors.jepsen import JepsenTest, Workload, run
+
+    wl = Workload("bank", Bank.state_machine(), BANK_MODEL, _bank_op, final_reads=[("total", (), {})])
+    result = run(JepsenTest(nodes=3, clients=4, duration=6.0, nemeses=("kill",), workload=wl, seed=2,
+                            interval=(0.5, 1.0), op_timeout=3.0))
+    assert result.verdict == "linearizable", result.check.describe() if result.check else result.stats
+    assert result.counts().set_index("kind").loc["write", "ok"] > 10
+
+
+def test_command_errors_stay_command_errors_for_plain_clients(bank) -> None:
+    """The cluster behind a handle is a Raft cluster like any: its own clients send the calls
+    as ``(method, args, kwargs)`` and get the usual CommandError."""
+    client = bank.cluster.client()
+    with pytest.raises(CommandError) as info:
+        client.submit(("deposit", ("eve", 0), {}))
+    assert isinstance(info.value.cause, ValueError)
+    with pytest.raises(raft_actors.CommandRejectedError):
+        client.submit(("balance", ("eve",), {}))  # a read sent as a write: refused before the log
