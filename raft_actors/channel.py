@@ -33,6 +33,7 @@ import ray
 from .config import RaftConfig
 from .envelope import OPEN_SESSION, decode_results, dumps, encode_values
 from .errors import ClusterUnavailableError, CommandRejectedError, RaftError, RaftTimeoutError, UnknownOutcomeError
+from .metrics import ClientMetrics
 from .raycall import outcome, when_done
 from .session import (
     ATTEMPT_TIMEOUT,
@@ -103,8 +104,12 @@ class Channel:
     _channels: ClassVar[weakref.WeakValueDictionary[Any, Channel]] = weakref.WeakValueDictionary()
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, nodes: Nodes, config: RaftConfig, is_closed: Callable[[], bool] = lambda: False):
+    def __init__(self, nodes: Nodes, config: RaftConfig, is_closed: Callable[[], bool] = lambda: False,
+                 name: str = ""):
         self._nodes = nodes
+        #: retries and unknown outcomes, exported to Ray's metrics (tagged with the cluster's name)
+        self.metrics = ClientMetrics(name)
+        self._metrics_at = 0.0
         self.config = config
         self._cluster_closed = is_closed
         self.batch_limit = config.client_batch
@@ -134,12 +139,13 @@ class Channel:
         self.calls = 0  # Ray calls made (for tests and benchmarks)
 
     @classmethod
-    def of(cls, nodes: Nodes, config: RaftConfig, is_closed: Callable[[], bool] = lambda: False) -> Channel:
+    def of(cls, nodes: Nodes, config: RaftConfig, is_closed: Callable[[], bool] = lambda: False,
+           name: str = "") -> Channel:
         """The channel every client of this process uses for the cluster ``nodes`` lists."""
         with cls._registry_lock:
             ch = cls._channels.get(nodes)
             if ch is None or ch._closed:
-                ch = cls._channels[nodes] = Channel(nodes, config, is_closed)
+                ch = cls._channels[nodes] = Channel(nodes, config, is_closed, name)
             return ch
 
     # ------------------------------------------------------------------ requests in
@@ -398,6 +404,8 @@ class Channel:
                     with self._lock:
                         r.sink.give_up(RaftError(text))
                 else:
+                    if r.kind == WRITE:
+                        self.metrics.unknown += 1
                     r.fail(UnknownOutcomeError(text) if r.kind == WRITE else RaftError(text))
         elif not answer[1] and not any(r.kind == OPEN for r in call.reqs):
             # every request answered with its value (the common case): straight to the sinks
@@ -496,6 +504,7 @@ class Channel:
                 else:
                     self.router.answered(lane.node, lane.mode)
             going = {id(r) for r in again} | {id(r) for r in reopen}
+            self.metrics.retries += len(going)
             for r in call.reqs:
                 if id(r) not in going:
                     self._finish(r)  # every item is done (or goes on in a part of it: below)
@@ -598,13 +607,18 @@ class Channel:
             self._sweeping = bool(self._pending or self._out) and not self._closed
             if self._sweeping:
                 self._timer(now + SWEEP_EVERY, self._sweep)
+            export = now >= self._metrics_at or not self._sweeping
+            if export:
+                self._metrics_at = now + 1.0
         for r in late:
-            if r.kind != OPEN:
-                expire(r)
+            if r.kind != OPEN and expire(r):
+                self.metrics.unknown += 1
         for c in stuck:  # no answer in time: ask elsewhere
             self._failed(c, TimeoutError("no answer in time"))
         for c in slow:
             self._probe(c)
+        if export:
+            self.metrics.export()
 
     # ------------------------------------------------------------------ sessions
     def _opened(self, session: Session, cid: Any) -> None:

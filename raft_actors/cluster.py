@@ -275,7 +275,7 @@ class RaftCluster:
     @property
     def channel(self) -> Channel:
         """This process's channel to the cluster, shared by all its clients."""
-        return Channel.of(self._live_nodes, self.config, self._is_closed)
+        return Channel.of(self._live_nodes, self.config, self._is_closed, name=self.name)
 
     def client(self) -> RaftClient:
         """A new blocking client session (thread-safe). Sessions are cheap: every client of a

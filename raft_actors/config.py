@@ -43,6 +43,9 @@ class RaftConfig(CoreConfig):
     max_sessions: int = 10_000
     #: the write-ahead log is cut into files of about this size; compaction deletes whole files
     wal_segment_bytes: int = 16 * 2**20
+    #: seconds between two exports of a node's metrics to Ray's metrics system (0: none; see
+    #: :mod:`raft_actors.metrics`)
+    metrics_interval: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,6 +53,8 @@ class RaftConfig(CoreConfig):
             raise ValueError("tick_interval must be positive")
         if self.request_timeout <= 0:
             raise ValueError("request_timeout must be positive")
+        if self.metrics_interval < 0:
+            raise ValueError("metrics_interval must be >= 0")
         if self.client_batch < 1:
             raise ValueError("client_batch must be >= 1")
         if min(self.snapshot_commands, self.snapshot_bytes, self.keep_bytes) < 0:

@@ -44,6 +44,7 @@ from .core.messages import SnapshotMeta
 from .envelope import Outcome, Results, decode_call, dumps, encode_results, loads
 from .errors import CommandRejectedError, NotLeaderError
 from .lost_state import has_lost_state
+from .metrics import NodeMetrics, drain
 from .replica import Replica
 from .storage import FileStorage, MemoryStorage
 from .storage.metered import MeteredStorage
@@ -148,6 +149,9 @@ class RaftNode:
         self.snapshots_received = 0
         self._closed = False
         self._started = threading.Event()
+        self.metrics: NodeMetrics | None = None
+        self._metrics_snap: dict[str, Any] | None = None  # collected on the Raft side, for the timer thread
+        self._snapshots_taken: deque[tuple[float, int]] = deque(maxlen=100)  # (seconds, bytes), for metrics
         # the Raft side: posted work, and who runs it
         self._inbox: deque[_Work] = deque()
         self._deferred: deque[Callable[[], None]] = deque()  # for the timer thread, off the Raft side
@@ -183,6 +187,11 @@ class RaftNode:
         )
         self.replica.on_apply_work = self._wake_apply
         self.replica.on_snapshot_prepared = self._snapshot_prepared
+        if self.config.metrics_interval > 0:
+            try:
+                self.metrics = NodeMetrics(self.cluster_name, self.node_id)
+            except Exception:  # a Ray without metrics: the node runs without them
+                log.warning("node %s: Ray's metrics are unavailable; not exporting any", self.node_id, exc_info=True)
         for name, target in (("raft-timer", self._timer_loop), ("raft-apply", self._apply_loop)):
             t = threading.Thread(target=target, name=f"{name}-{self.node_id}", daemon=True)
             t.start()
@@ -301,6 +310,8 @@ class RaftNode:
     def _timer_loop(self) -> None:
         interval = self.config.tick_interval
         next_tick = time.monotonic() + interval
+        every = self.config.metrics_interval
+        next_metrics = time.monotonic() + every
         while not self._closed:
             with self._wakeup:
                 if not self._timer_pending:
@@ -315,11 +326,29 @@ class RaftNode:
             if now >= next_tick:
                 next_tick = max(next_tick + interval, now)
                 self._inbox.append(_Work(self._tick, wait=False))
+            if self.metrics is not None and now >= next_metrics:
+                next_metrics = now + every
+                self._inbox.append(_Work(self._collect_metrics, wait=False))
             self._drain()
             self.transport.due()
+            if self._metrics_snap is not None:
+                self._export_metrics()
 
     def _tick(self) -> None:
         self.replica.tick()
+
+    def _collect_metrics(self) -> None:
+        """Raft side: what the timer thread exports next (a consistent view of the core)."""
+        self._metrics_snap = self.replica.metrics_snapshot()
+
+    def _export_metrics(self) -> None:
+        """Timer thread: hand the node's metrics to Ray's (see :mod:`raft_actors.metrics`)."""
+        snap, self._metrics_snap = self._metrics_snap, None
+        try:
+            assert self.metrics is not None and snap is not None
+            self.metrics.export(snap, drain(self.storage.recent), drain(self._snapshots_taken))
+        except Exception:  # metrics must never stop a node
+            log.exception("node %s: exporting metrics failed", self.node_id)
 
     # ------------------------------------------------------------------ the apply side
     def _wake_apply(self) -> None:
@@ -372,6 +401,9 @@ class RaftNode:
                 self._post(finish)
             self.snapshot_timing = {"snapshot_prepare_ms": (t1 - t0) * 1e3, "snapshot_write_ms": (t2 - t1) * 1e3,
                                     "snapshot_finish_ms": (time.perf_counter() - t2) * 1e3}
+            if done[0] is not None:
+                size = len(data) if isinstance(data, bytes | bytearray) else sum(len(b) for b in data)
+                self._snapshots_taken.append((time.perf_counter() - t0, size))
             self._snapshot_finished(done[0])
 
         threading.Thread(target=write, name=f"snapshot-write-{self.node_id}", daemon=True).start()
@@ -487,14 +519,16 @@ class RaftNode:
 
         if self._post(propose) is None:
             refused.append(NotLeaderError(0, "the node is shutting down"))
-        if refused:
-            return encode_results(batch.merge(Results.failed(batch.size - len(batch.early), refused[0])))
-        return encode_results(answer.wait())
+        res = batch.merge(Results.failed(batch.size - len(batch.early), refused[0])) if refused else answer.wait()
+        if self.metrics is not None:
+            self.metrics.counts.add("write", len(res.values), res.errors)
+        return encode_results(res)
 
     @ray.method(concurrency_group="client")
     def read(self, payload: bytes, mode: str) -> bytes:
         """Run a read call's queries at consistency ``mode`` (linearizable, follower or
         stale). Returns :func:`~raft_actors.envelope.encode_results`, one per query."""
+        t0 = time.perf_counter()
         parts = loads(payload)
         queries: list[Any] = []
         undecodable: dict[int, BaseException] = {}  # by position in the call
@@ -528,6 +562,10 @@ class RaftNode:
                 if self._post(start) is None:
                     refused.append(NotLeaderError(0, "the node is shutting down"))
                 answers = Results.failed(len(queries), refused[0]) if refused else answer.wait()
+        m = self.metrics
+        if m is not None:
+            m.counts.add(mode, pos, {**undecodable, **answers.errors} if undecodable else answers.errors)
+            m.counts.read_seconds.append(time.perf_counter() - t0)
         if not undecodable:
             return encode_results(answers)
         values: list[Any] = [None] * pos

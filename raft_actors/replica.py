@@ -28,6 +28,7 @@ import itertools
 import logging
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
@@ -115,12 +116,13 @@ class Batch:
 class _Waiter:
     """A proposal waiting for its entry to be applied: a client batch or a membership change."""
 
-    __slots__ = ("batch", "callback", "term")
+    __slots__ = ("batch", "callback", "since", "term")
 
-    def __init__(self, term: int, callback: Callable[[Any], None], batch: Batch | None = None):
+    def __init__(self, term: int, callback: Callable[[Any], None], batch: Batch | None = None, since: float = 0.0):
         self.term = term
         self.callback = callback
         self.batch = batch
+        self.since = since  # when it was proposed (time.perf_counter), for metrics
 
     def finish(self, result: Results | Outcome | None) -> None:
         b = self.batch
@@ -213,6 +215,10 @@ class Replica:
         self._next_ctx = 1
         self._snap_index = st.snapshot_index  # the latest snapshot this node holds
         self._snapshot_asked = False  # a snapshot was queued for the apply side and is not done
+        # metrics (read by metrics_snapshot)
+        self.leader_changes = 0
+        self._known_leader = 0
+        self.commit_seconds: deque[float] = deque(maxlen=1000)  # proposal to commit, recent
         # ----- shared: the apply side's work, and reads waiting for their index to be applied
         self._tasks: deque[tuple] = deque()
         self._reads_lock = threading.Lock()
@@ -359,7 +365,7 @@ class Replica:
             index, term = self.core.propose([batch.command])
         except (NotLeader, ProposalDropped) as exc:
             raise NotLeaderError(self.core.status().leader, str(exc)) from exc
-        self._writes[index] = _Waiter(term, callback, batch)
+        self._writes[index] = _Waiter(term, callback, batch, time.perf_counter())
 
     def change_membership(self, change: ConfChange, callback: WriteCallback) -> None:
         """Propose a single-server membership change; ``callback`` gets the new
@@ -459,10 +465,13 @@ class Replica:
             if rd.committed_entries:
                 waiters = {}
                 if self._writes:
+                    now = time.perf_counter()
                     for e in rd.committed_entries:
                         w = self._writes.pop(e.index, None)
                         if w is not None:
                             waiters[e.index] = w
+                            if w.since:
+                                self.commit_seconds.append(now - w.since)
                 self._queue(("apply", rd.committed_entries, waiters))
             if rd.read_states:
                 with self._reads_lock:
@@ -480,6 +489,9 @@ class Replica:
                 hook = self._caught_up_hooks.pop(p.node, None)
                 if hook is not None and p.error is None:
                     hook(p.rounds)
+            if core.lead and core.lead != self._known_leader:  # (a follower learns it without a soft change)
+                self._known_leader = core.lead
+                self.leader_changes += 1
             if rd.soft_state_changed and self._writes and not (st := core.status()).is_leader:
                 # Outcome unknown: the entries may still commit under the next leader. The client
                 # retries through its session, which makes the retry harmless. (What was already
@@ -730,6 +742,19 @@ class Replica:
             self._fail_read(pr, refused)
 
     # ------------------------------------------------------------------ status
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Raft side: what :class:`~raft_actors.metrics.NodeMetrics` exports (the recent
+        proposal-to-commit times are taken out of :attr:`commit_seconds`)."""
+        st = self.status()
+        core = self.core
+        return {
+            "term": st["term"], "role": st["role"], "commit_index": st["commit_index"],
+            "applied_index": st["applied_index"], "last_index": st["log_length"], "storage_bytes": st["storage_bytes"],
+            "follower_lag": core.follower_lag(), "leader_changes": self.leader_changes,
+            "elections_started": core.elections_started,
+            "commit_seconds": [self.commit_seconds.popleft() for _ in range(len(self.commit_seconds))],
+        }
+
     def status(self) -> dict[str, Any]:
         st = self.core.status()
         if st.lost_state:

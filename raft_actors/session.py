@@ -247,14 +247,15 @@ def unreachable(req: Request) -> None:
         req.maybe_applied = True
 
 
-def expire(req: Request) -> None:
+def expire(req: Request) -> bool:
     """The request's deadline passed: a write that may have been applied ends with
     :class:`~raft_actors.errors.UnknownOutcomeError`, anything else with
-    :class:`~raft_actors.errors.RaftTimeoutError`."""
+    :class:`~raft_actors.errors.RaftTimeoutError`. Returns whether the outcome is unknown."""
     if req.kind == WRITE and (req.maybe_applied or req.in_flight):
         req.fail(UnknownOutcomeError("deadline passed; the write may or may not have been applied"))
-    else:
-        req.fail(RaftTimeoutError("deadline passed before the cluster answered"))
+        return True
+    req.fail(RaftTimeoutError("deadline passed before the cluster answered"))
+    return False
 
 
 def new_leader(asked: int, hints: Sequence[tuple[int, int]]) -> int:

@@ -18,7 +18,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 def ray_session() -> Iterator[None]:
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="raft_actors_tests")
+    # metrics reach Ray's Prometheus export every second (tests/test_metrics.py reads them back)
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="raft_actors_tests",
+             _system_config={"metrics_report_interval_ms": 1000})
     yield
     ray.shutdown()
 

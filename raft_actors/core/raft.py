@@ -197,6 +197,7 @@ class RaftCore:
         self._persisted_hs = hard_state
         self._lost_state = hard_state.lost_state
         self._verified = 0  # last index known to match the current leader's log (this term)
+        self.elections_started = 0  #: times this node became a candidate (for metrics)
         self._reset_randomized_timeout()
         self._scan_confs(self.log.offset + 1)
         if lost_state:
@@ -215,6 +216,14 @@ class RaftCore:
         return CoreStatus(self.id, self.role, self.term, self.vote, self.lead, log.commit, log.applied,
                           log.last_index(), self.snapshot.index, len(log.entries), self.conf, self.conf_index,
                           committed, self._lost_state)
+
+    def follower_lag(self) -> dict[int, int]:
+        """A leader's view of how many entries each other member's log is behind its own
+        (empty when not leading)."""
+        if self.role != Role.LEADER:
+            return {}
+        last = self.log.last_index()
+        return {i: last - pr.match for i, pr in self.progress.items() if i != self.id}
 
     @property
     def quorum(self) -> int:
@@ -563,6 +572,7 @@ class RaftCore:
         self._soft_changed = True
 
     def _become_candidate(self) -> None:
+        self.elections_started += 1
         self._reset(self.term + 1)
         self.vote = self.id
         self.role = Role.CANDIDATE

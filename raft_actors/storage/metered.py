@@ -25,6 +25,7 @@ class MeteredStorage:
         self._entries = 0
         self.syncs = 0
         self.synced_entries = 0
+        self.recent: deque[tuple[float, int]] = deque(maxlen=1000)  # (seconds, entries), for metrics
         self._fault: str | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -50,8 +51,10 @@ class MeteredStorage:
         if fault == "fail_fsync":
             raise OSError(errno.EIO, "fsync failed (injected)")
         self.inner.sync()
-        self._times.append(time.perf_counter() - start)
+        took = time.perf_counter() - start
+        self._times.append(took)
         self._batch.append(self._entries)
+        self.recent.append((took, self._entries))
         self.syncs += 1
         self.synced_entries += self._entries
         self._entries = 0
