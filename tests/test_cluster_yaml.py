@@ -56,9 +56,10 @@ def test_the_documented_command_extracts_the_aws_variant(tmp_path) -> None:
 
 def run_start_command(cmd: str, head_ip: str = "10.0.0.1", host: str = "db-1") -> dict[str, Any]:
     """Run a start command in bash with ``ray`` and ``hostname`` stubbed out; returns what each
-    ``ray start`` got: its ``--resources`` (parsed) and its RAFT_ACTORS_DATA_DIR."""
+    ``ray start`` got: its ``--resources`` (parsed), its RAFT_ACTORS_DATA_DIR and RAY_AUTH_MODE."""
     stub = (f'hostname() {{ echo {host}; }}; '
-            f'ray() {{ echo "ARGS $*"; echo "ENV ${{{DATA_DIR_ENV}:-}}"; printf "ARG %s\\n" "$@"; }}; '
+            f'ray() {{ echo "ARGS $*"; echo "ENV ${{{DATA_DIR_ENV}:-}}"; echo "AUTH ${{RAY_AUTH_MODE:-}}"; '
+            f'printf "ARG %s\\n" "$@"; }}; '
             f'export RAY_HEAD_IP={head_ip}; ')
     proc = subprocess.run(["bash", "-c", stub + cmd], capture_output=True, text=True, check=True, timeout=10)
     lines = proc.stdout.splitlines()
@@ -66,8 +67,9 @@ def run_start_command(cmd: str, head_ip: str = "10.0.0.1", host: str = "db-1") -
         return {}
     args = [ln[4:] for ln in lines if ln.startswith("ARG ")]
     env = next(ln[4:] for ln in lines if ln.startswith("ENV"))
+    auth = next(ln[5:] for ln in lines if ln.startswith("AUTH"))
     resources = [json.loads(a.split("=", 1)[1]) for a in args if a.startswith("--resources=")]
-    return {"args": args, "env": env, "resources": resources[0] if resources else None}
+    return {"args": args, "env": env, "auth": auth, "resources": resources[0] if resources else None}
 
 
 def test_cluster_yaml_passes_ray_up_checks() -> None:
@@ -81,17 +83,17 @@ def test_cluster_yaml_passes_ray_up_checks() -> None:
     assert config["head_setup_commands"] == config["worker_setup_commands"] == config["setup_commands"]
 
 
-def drivers_data_dir(setup_commands: list[str], home: Path) -> str:
+def drivers_env(setup_commands: list[str], home: Path, name: str = DATA_DIR_ENV) -> str:
     """Run the setup commands that edit ~/.bashrc (twice: ``ray up`` may run them again) in a
-    scratch home; returns the RAFT_ACTORS_DATA_DIR a shell of ``ray exec`` would then have."""
+    scratch home; returns the variable ``name`` a shell of ``ray exec`` would then have."""
     (home / ".bashrc").write_text("# the machine's own\n")
     env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
-    cmds = [c for c in setup_commands if ".bashrc" in c]
-    assert cmds, "drivers on the cluster get no RAFT_ACTORS_DATA_DIR"
+    cmds = [c for c in setup_commands if ".bashrc" in c and name in c]
+    assert cmds, f"drivers on the cluster get no {name}"
     for cmd in cmds + cmds:
         subprocess.run(["bash", "-c", cmd], env=env, check=True, timeout=10)
-    assert (home / ".bashrc").read_text().count(DATA_DIR_ENV) == 1, "~/.bashrc grows each time"
-    out = subprocess.run(["bash", "-c", f"source ~/.bashrc; echo ${DATA_DIR_ENV}"], env=env, check=True,
+    assert (home / ".bashrc").read_text().count(name) == 1, "~/.bashrc grows each time"
+    out = subprocess.run(["bash", "-c", f"source ~/.bashrc; echo ${name}"], env=env, check=True,
                          capture_output=True, text=True, timeout=10)
     return out.stdout.strip()
 
@@ -99,7 +101,7 @@ def drivers_data_dir(setup_commands: list[str], home: Path) -> str:
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_every_machine_offers_its_own_slot(tmp_path) -> None:
     config = prepared(yaml.safe_load(CLUSTER_YAML.read_text()))
-    data_dir = drivers_data_dir(config["setup_commands"], tmp_path)
+    data_dir = drivers_env(config["setup_commands"], tmp_path)
     assert data_dir.startswith("/") and not data_dir.startswith("/tmp"), data_dir  # a lasting disk
     assert any(f"mkdir -p {data_dir}" in c for c in config["setup_commands"]), "the data directory is not created"
     for kind in ("head_start_ray_commands", "worker_start_ray_commands"):
@@ -143,3 +145,31 @@ def test_aws_variant_passes_ray_up_checks_and_gives_each_worker_type_a_slot() ->
         assert not any("--resources" in c for c in config[kind]), kind
         assert any(f"{DATA_DIR_ENV}=" in c and "ray start" in c for c in config[kind]), kind
     assert any("pip install" in c and "raft-actors" in c for c in config["setup_commands"])
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("variant", ["on-prem", "aws"])
+def test_every_machine_runs_ray_with_token_auth_and_the_same_token(variant: str, tmp_path) -> None:
+    """Ray's token authentication, as Ray 2.61 turns it on for every cluster: each ``ray start``
+    in token mode, drivers (``ray exec``/``ray attach`` shells) too, and one token copied from
+    the laptop to Ray's default token path on every machine, readable by its owner only."""
+    text = CLUSTER_YAML.read_text() if variant == "on-prem" else aws_variant_text()
+    config = prepared(yaml.safe_load(text))
+    mounts = config["file_mounts"]
+    assert "~/.ray/auth_token" in mounts, mounts
+    token_source = mounts["~/.ray/auth_token"]
+    assert token_source.startswith("~/.ray/") and "raft-actors" in token_source  # on the laptop, not in the repo
+    assert not Path(token_source).expanduser().is_relative_to(CLUSTER_YAML.parent)
+    assert drivers_env(config["setup_commands"], tmp_path, "RAY_AUTH_MODE") == "token"
+    home = tmp_path / "machine"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("t" * 64)
+    (home / ".ray" / "auth_token").chmod(0o644)  # as rsync may leave it
+    for cmd in [c for c in config["setup_commands"] if "auth_token" in c]:
+        subprocess.run(["bash", "-c", cmd], env={"HOME": str(home), "PATH": "/usr/bin:/bin"}, check=True, timeout=10)
+    assert (home / ".ray" / "auth_token").stat().st_mode & 0o077 == 0, "the token is readable by others"
+    for kind in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [r for r in (run_start_command(c) for c in config[kind]) if r]
+        assert [s["auth"] for s in starts] == ["token"], f"{kind}: ray start is not in token mode"
+    # the file's own instructions make the token before `ray up`
+    assert "openssl rand -hex 32 > ~/.ray/raft-actors-cluster.token" in CLUSTER_YAML.read_text()
