@@ -93,6 +93,8 @@ def _jepsen(args: argparse.Namespace) -> int:
     files = write_report(result, out)
     print(summary(result))
     print(f"report: {out}/ ({', '.join(sorted(files))})")
+    if "latency.png" not in files:
+        print('no plots: they need matplotlib (python -m pip install "raft-actors[plot]", or ".[plot]" in a checkout)')
     return 0 if result.ok else 1
 
 
