@@ -23,6 +23,7 @@ from raft_actors.linearizability import Operation, check, kv_model
 from raft_actors.state_machines import cas, get, put
 
 from .conftest import cluster_with_keys, open_session, read_call, submit_call, wait_until
+from .waiting import restarted
 
 
 def roles(cluster) -> dict[int, str]:
@@ -283,6 +284,16 @@ def test_killed_node_restarts_empty_as_a_non_voter_and_never_counts(cluster_fact
     assert "leader" not in set(roles(cluster).values())
 
 
+def test_a_node_that_does_not_answer_is_not_taken_for_restarted() -> None:
+    """Regression: the restart tests compared a status pid of ``<NA>`` (the node restarting,
+    not answering) with ``in (pid, None)``, which raises instead of waiting on."""
+    import pandas as pd
+
+    status = pd.DataFrame({"node": [1, 2], "pid": [100, None]}).astype({"pid": "Int64"}).set_index("node")
+    assert not restarted(status, 2, 200)  # no answer yet: keep waiting
+    assert not restarted(status, 1, 100) and restarted(status, 1, 99)
+
+
 def test_crashed_node_is_restarted_by_ray(cluster_factory) -> None:
     cluster = cluster_factory(num_nodes=3)
     client = cluster.client()
@@ -291,7 +302,7 @@ def test_crashed_node_is_restarted_by_ray(cluster_factory) -> None:
     pid = int(cluster.status().loc[leader, "pid"])
     cluster.crash(leader)
     client.submit(put("x", 2))
-    wait_until(lambda: cluster.status().loc[leader, "pid"] not in (pid, None), what="ray to restart the actor")
+    wait_until(lambda: restarted(cluster.status(), leader, pid), what="ray to restart the actor")
     wait_until(lambda: cluster.status()["applied_index"].nunique() == 1, what="convergence")
     assert client.query(get("x")) == 2
 

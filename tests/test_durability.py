@@ -13,6 +13,7 @@ from raft_actors import NodeStartupError, RaftCluster, RaftConfig, RaftError
 from raft_actors.state_machines import get, put
 
 from .conftest import cluster_with_keys, open_session, read_call, submit_call, wait_until
+from .waiting import restarted
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -89,7 +90,7 @@ def test_node_crashed_inside_its_process_is_restarted_by_ray_as_a_voter(cluster_
     pid = int(cluster.status().loc[leader, "pid"])
     cluster.handle(leader).crash.remote()  # os._exit inside the actor
     client.submit(put("x", 2))
-    wait_until(lambda: cluster.status().loc[leader, "pid"] not in (pid, None), what="ray to restart the actor")
+    wait_until(lambda: restarted(cluster.status(), leader, pid), what="ray to restart the actor")
     assert roles(cluster)[leader] != "non-voter"  # its log and vote survived the crash
     wait_until(lambda: converged(cluster), what="convergence")
     wait_until(lambda: roles(cluster)[leader] in ("follower", "leader"), what="the restarted node to rejoin")

@@ -85,3 +85,12 @@ def scenario_passes(script: str, timeout: float, steps: tuple[str, ...]) -> dict
     missing = [s for s in steps if s not in timings]
     assert not missing, f"no timing for {missing}: {timings}"
     return timings
+
+
+def restarted(status: object, node: int, pid: int) -> bool:
+    """Whether ``status`` (a ``RaftCluster.status()`` frame) shows node ``node`` in a process
+    other than ``pid``; ``False`` while the node does not answer (its pid is ``<NA>`` then)."""
+    import pandas as pd
+
+    now = status.loc[node, "pid"]  # type: ignore[attr-defined]
+    return not pd.isna(now) and int(now) != pid
