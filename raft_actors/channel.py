@@ -44,6 +44,7 @@ from .session import (
     Request,
     Router,
     Session,
+    Sink,
     backoff,
     expire,
     new_leader,
@@ -162,6 +163,40 @@ class Channel:
              blob: bytes | None = None) -> None:
         """Run ``queries`` at consistency ``mode``; results go to ``sink``."""
         self._start(Request(READ, queries, sink, time.monotonic() + timeout, mode=mode, blob=blob), blocking)
+
+    def send_runs(self, items: Sequence[Any], sink: Sink, timeout: float, session: Session | None = None,
+                  mode: str | None = None) -> None:
+        """Send many items at once, all into ``sink`` (by position in ``items``): commands of
+        ``session``, or queries at consistency ``mode``. They go in runs of ``batch_limit``,
+        each encoded here, once, on the caller's thread: an item that cannot be pickled fails
+        alone, at once (:class:`~raft_actors.errors.CommandRejectedError`), and the others of
+        its run go without it."""
+        what = "command" if mode is None else "query"
+        size = max(1, self.batch_limit)
+        for off in range(0, len(items), size):
+            run = list(items[off:off + size])
+            positions: Sequence[int] = range(off, off + len(run))
+            try:
+                blob = encode_values(run, what)
+            except CommandRejectedError:
+                keep = []
+                for k, item in enumerate(run):
+                    try:
+                        encode_values([item], what)
+                        keep.append(k)
+                    except CommandRejectedError as exc:
+                        sink.put_error(off + k, exc)
+                if not keep:
+                    continue
+                run = [run[k] for k in keep]
+                positions = [off + k for k in keep]
+                blob = encode_values(run, what)
+            target = _Shifted(sink, positions)
+            if mode is None:
+                assert session is not None
+                self.write(session, run, target, timeout, blob=blob)
+            else:
+                self.read(run, mode, target, timeout, blob=blob)
 
     def _start(self, req: Request, blocking: bool = False) -> None:
         self._check_open()
@@ -642,13 +677,22 @@ class Channel:
                 r.fail(exc)
 
     # ------------------------------------------------------------------ timers
-    def _timer(self, when: float, action: Callable[[], None]) -> None:
-        """Under the lock: run ``action`` on the timer thread at ``when``."""
+    def call_later(self, delay: float, action: Callable[[], None], slack: float = 0.0) -> None:
+        """Run ``action`` on the channel's timer thread in ``delay`` seconds, or up to ``slack``
+        seconds later if the thread wakes by then anyway (no wake-up of its own: cheaper); it
+        must not block."""
+        with self._lock:
+            if not self._closed:
+                self._timer(time.monotonic() + delay, action, slack)
+
+    def _timer(self, when: float, action: Callable[[], None], slack: float = 0.0) -> None:
+        """Under the lock: run ``action`` on the timer thread at ``when`` (or by ``when +
+        slack``, see :meth:`call_later`)."""
         heapq.heappush(self._timers, (when, next(self._order), action))
         if self._timer_thread is None:
             self._timer_thread = threading.Thread(target=self._timer_loop, name="raft-client-timers", daemon=True)
             self._timer_thread.start()
-        elif when < self._sleeping_until:
+        elif when + slack < self._sleeping_until:
             self._wake.notify()
 
     def _timer_loop(self) -> None:
@@ -766,6 +810,23 @@ class One:
         if self.exc is not None:
             raise self.exc
         return self.value
+
+
+class _Shifted:
+    """A sink for one run of a batch: the run's positions mapped to the whole batch's."""
+
+    __slots__ = ("positions", "sink")
+
+    def __init__(self, sink: Sink, positions: Sequence[int]):
+        self.sink = sink
+        self.positions = positions
+
+    def put(self, positions: Sequence[int], values: Sequence[Any]) -> None:
+        where = self.positions
+        self.sink.put([where[p] for p in positions], values)
+
+    def put_error(self, position: int, exc: BaseException) -> None:
+        self.sink.put_error(self.positions[position], exc)
 
 
 class Many:

@@ -10,14 +10,13 @@ retrying are :mod:`raft_actors.session`'s.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future as ConcurrentFuture
 from typing import Any, Self
 
 from .channel import AsyncOne, Channel, Many, One, Waiter, _resolve_soon
 from .config import RaftConfig
-from .envelope import encode_values
-from .errors import ClusterUnavailableError, CommandRejectedError
+from .errors import ClusterUnavailableError
 from .session import LINEARIZABLE, READ_MODES, Session
 
 __all__ = ["AsyncRaftClient", "RaftClient"]
@@ -59,59 +58,6 @@ class _Base:
         if consistency not in READ_MODES:
             raise ValueError(f"consistency must be one of {READ_MODES}, got {consistency!r}")
         return consistency
-
-    def _chunks(self, items: Sequence[Any]) -> Iterable[tuple[int, list[Any]]]:
-        """``items`` in runs of at most the channel's batch size: (offset, run)."""
-        size = max(1, self._channel.batch_limit)
-        for off in range(0, len(items), size):
-            yield off, list(items[off : off + size])
-
-    def _send_many(self, items: Sequence[Any], sink: Many, timeout: float, mode: str | None) -> None:
-        """Send ``items`` (commands, or queries at ``mode``) in runs, all into ``sink``. Each run
-        is encoded here, once: an item that cannot be pickled fails alone, at once, and the
-        others of its run go without it."""
-        ch = self._channel
-        what = "command" if mode is None else "query"
-        for off, run in self._chunks(items):
-            positions: Sequence[int] = range(off, off + len(run))
-            try:
-                blob = encode_values(run, what)
-            except CommandRejectedError:
-                keep = []
-                for k, item in enumerate(run):
-                    try:
-                        encode_values([item], what)
-                        keep.append(k)
-                    except CommandRejectedError as exc:
-                        sink.put_error(off + k, exc)
-                if not keep:
-                    continue
-                run = [run[k] for k in keep]
-                positions = [off + k for k in keep]
-                blob = encode_values(run, what)
-            target = _Shifted(sink, positions)
-            if mode is None:
-                ch.write(self._session, run, target, timeout, blob=blob)
-            else:
-                ch.read(run, mode, target, timeout, blob=blob)
-
-
-class _Shifted:
-    """A sink for one run of a batch: the run's positions mapped to the whole batch's."""
-
-    __slots__ = ("positions", "sink")
-
-    def __init__(self, sink: Many, positions: Sequence[int]):
-        self.sink = sink
-        self.positions = positions
-
-    def put(self, positions: Sequence[int], values: Sequence[Any]) -> None:
-        where = self.positions
-        self.sink.put([where[p] for p in positions], values)
-
-    def put_error(self, position: int, exc: BaseException) -> None:
-        self.sink.put_error(self.positions[position], exc)
-
 
 def _gather(sink: Many, return_exceptions: bool) -> list[Any]:
     if sink.errors and not return_exceptions:
@@ -158,7 +104,7 @@ class RaftClient(_Base):
         if not commands:
             return []
         sink = Waiter(len(commands))
-        self._send_many(commands, sink, t, None)
+        self._channel.send_runs(commands, sink, t, self._session)
         sink.wait(t * 10 + 60)
         return _gather(sink, return_exceptions)
 
@@ -199,7 +145,7 @@ class RaftClient(_Base):
         if not queries:
             return []
         sink = Waiter(len(queries))
-        self._send_many(queries, sink, t, mode)
+        self._channel.send_runs(queries, sink, t, mode=mode)
         sink.wait(t * 10 + 60)
         return _gather(sink, return_exceptions)
 
@@ -258,7 +204,7 @@ class AsyncRaftClient(_Base):
         if not commands:
             return []
         sink, fut = _async_many(len(commands))
-        self._send_many(commands, sink, t, None)
+        self._channel.send_runs(commands, sink, t, self._session)
         await fut
         return _gather(sink, return_exceptions)
 
@@ -280,7 +226,7 @@ class AsyncRaftClient(_Base):
         if not queries:
             return []
         sink, fut = _async_many(len(queries))
-        self._send_many(queries, sink, t, mode)
+        self._channel.send_runs(queries, sink, t, mode=mode)
         await fut
         return _gather(sink, return_exceptions)
 

@@ -26,9 +26,17 @@
 ``Bank.remote(...)`` launches a Raft cluster (:class:`~raft_actors.cluster.RaftCluster`) whose
 every node holds a ``Bank`` built from the same arguments. A method call is a command in the
 log: committed by a majority, applied once (a retry after a leader change or a lost answer is
-recognized by its session and sequence number), in the order each handle made its calls, with
-the same result and the same exception on every replica. A method marked :func:`read` is a
-query, answered at the consistency asked for (``"linearizable"`` by default).
+recognized by its session and sequence number), in the order each thread made its calls
+through the handle, with the same result and the same exception on every replica. A method
+marked :func:`read` is a query, answered at the consistency asked for (``"linearizable"`` by
+default) once every write made before it through the handle has its result: a read sees
+them, as a Ray actor's calls from one caller run in order.
+
+Calls made back to back (a loop of ``.remote()``, the coroutines of one turn of an event
+loop, many threads at once) travel together: consecutive writes as one request, encoded once,
+in as few Ray calls as ``submit_many`` uses. A call leaves as soon as anyone waits for a ref of
+the handle, when a call's worth (``RaftConfig.client_batch``) is queued, and otherwise a few
+milliseconds after it was made (:data:`FLUSH_AFTER`), so a call nobody waits for is applied too.
 
 What ``.remote()`` returns is a :class:`RaftRef`: ``ray.get`` takes it (alone or in a list of
 them), ``await`` takes it, :func:`get` and :func:`wait` are ``ray.get`` and ``ray.wait`` for lists
@@ -60,7 +68,9 @@ import functools
 import inspect
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
 
 import cloudpickle
@@ -68,7 +78,7 @@ import ray
 
 from .channel import Channel, _resolve_soon
 from .cluster import DEFAULT_NAMESPACE, RaftCluster
-from .errors import CommandError
+from .errors import ClusterUnavailableError, CommandError, RaftError
 from .raycall import when_done
 from .session import LINEARIZABLE, READ_MODES, Session
 
@@ -139,9 +149,13 @@ def _method_table(cls: type) -> dict[str, bool]:
     return table
 
 
+_NO_KWARGS: dict[str, Any] = {}
+_OBJECT_REF = ray.ObjectRef
+
+
 class ReplicatedState:
     """The state machine each node runs for a replicated class: an instance of it, commands
-    ``(method, args, kwargs)`` applied to it. Built by :meth:`ReplicatedClass.state_machine`
+    ``(method, args)`` or ``(method, args, kwargs)`` applied to it. Built by :meth:`ReplicatedClass.state_machine`
     (usable with :class:`~raft_actors.cluster.RaftCluster`, the simulator and the Jepsen-style
     suite as any state machine is)."""
 
@@ -154,16 +168,24 @@ class ReplicatedState:
         self._call(command, write=True, run=False)
 
     def apply(self, command: Any) -> Any:
+        # the common case without the full checks (the leader's validate ran them before the
+        # command entered the log; anything else takes the checked path, alike on every replica)
+        if type(command) is tuple and len(command) == 2 and self.methods.get(command[0]) is False:
+            args = command[1]
+            if type(args) is tuple:
+                return self._result(command[0], getattr(self.obj, command[0])(*args))
         return self._call(command, write=True)
 
     def query(self, query: Any) -> Any:
         return self._call(query, write=False)
 
     def _call(self, command: Any, write: bool, run: bool = True) -> Any:
-        if not (isinstance(command, tuple) and len(command) == 3 and isinstance(command[0], str)
-                and isinstance(command[1], tuple) and isinstance(command[2], dict)):
-            raise ValueError(f"a {self.cls.__qualname__} call is (method, args, kwargs), not {command!r}")
-        name, args, kwargs = command
+        if (type(command) is not tuple or not 2 <= len(command) <= 3 or type(command[0]) is not str
+                or type(command[1]) is not tuple or (len(command) == 3 and type(command[2]) is not dict)):
+            raise ValueError(f"a {self.cls.__qualname__} call is (method, args) or (method, args, kwargs), "
+                             f"not {command!r}")
+        name, args = command[0], command[1]
+        kwargs = command[2] if len(command) == 3 else _NO_KWARGS
         is_read = self.methods.get(name)
         if is_read is None:
             raise AttributeError(f"{self.cls.__qualname__} has no replicated method {name!r}")
@@ -172,8 +194,10 @@ class ReplicatedState:
             raise ValueError(f"{self.cls.__qualname__}.{name} is {kind}")
         if not run:
             return None
-        result = getattr(self.obj, name)(*args, **kwargs)
-        if isinstance(result, ray.ObjectRef):
+        return self._result(name, getattr(self.obj, name)(*args, **kwargs))
+
+    def _result(self, name: str, result: Any) -> Any:
+        if isinstance(result, _OBJECT_REF):
             raise TypeError(f"{self.cls.__qualname__}.{name} returned an ObjectRef: a replicated method's "
                             "result must be a value")
         return result
@@ -283,6 +307,7 @@ class ReplicatedHandle:
         self._timeout = timeout
         self._session = Session()
         self._bound: dict[str, _Method] = {}
+        self._outbox = _Outbox(self)
 
     @property
     def name(self) -> str:
@@ -323,13 +348,14 @@ class ReplicatedHandle:
 class _Method:
     """``handle.method``: ``.remote(*args, **kwargs)`` calls it; ``.options(...)`` per call."""
 
-    __slots__ = ("_consistency", "_handle", "_name", "_read", "_timeout")
+    __slots__ = ("_consistency", "_handle", "_mode", "_name", "_read", "_timeout")
 
     def __init__(self, handle: ReplicatedHandle, name: str, is_read: bool, consistency: str, timeout: float | None):
         self._handle = handle
         self._name = name
         self._read = is_read
         self._consistency = consistency
+        self._mode = consistency if is_read else None  # what the call's ref carries: None for a write
         self._timeout = timeout
 
     def options(self, consistency: str | None = None, timeout: float | None = None) -> _Method:
@@ -347,15 +373,13 @@ class _Method:
     def remote(self, *args: Any, **kwargs: Any) -> RaftRef:
         """Call the method; returns a :class:`RaftRef` to its result at once."""
         h = self._handle
-        ch = h._channel
-        ch._check_open()
-        timeout = self._timeout if self._timeout is not None else ch.config.request_timeout
+        if h.cluster._closed:
+            raise ClusterUnavailableError("the cluster has been shut down")
         ref = RaftRef()
-        call = (self._name, args, kwargs)
-        if self._read:
-            ch.read([call], self._consistency, ref, timeout)
-        else:
-            ch.write(h._session, [call], ref, timeout)
+        ref._call = (self._name, args, kwargs) if kwargs else (self._name, args)
+        ref._mode = self._mode
+        ref._timeout = self._timeout or h.cluster.config.request_timeout
+        h._outbox.add(ref)
         return ref
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -378,6 +402,223 @@ def get_replicated(name: str, *, namespace: str = DEFAULT_NAMESPACE, address: st
     return ReplicatedHandle(cluster, factory.cls, _method_table(factory.cls), consistency, timeout)
 
 
+# ---------------------------------------------------------------------------- calls out
+
+#: a call not yet sent (nobody waits for it) leaves this many seconds after it was made, or up
+#: to ``FLUSH_SLACK`` later, when the channel's timer thread wakes anyway
+FLUSH_AFTER = 0.001
+FLUSH_SLACK = 0.02
+
+
+def _unwrapped(exc: BaseException) -> BaseException:
+    """What a caller gets for a call's error: the method's own exception (noting where it was
+    raised) rather than the :class:`~raft_actors.errors.CommandError` carrying it."""
+    if isinstance(exc, CommandError) and exc.cause is not None:
+        cause = exc.cause
+        if exc.traceback and not getattr(cause, "__raft_noted__", False):
+            cause.add_note(f"raised in the replicated actor:\n{exc.traceback.rstrip()}")
+            cause.__raft_noted__ = True  # type: ignore[attr-defined]
+        return cause
+    return exc
+
+
+class _Refs:
+    """A run of a handle's calls (consecutive writes, or reads at one consistency, with one
+    deadline) and the channel's sink of their results: to the refs by position; callbacks once
+    all are in.
+    (Called on Ray's callback thread, a blocking caller's, or under the channel's lock: it
+    never calls into the channel itself.)"""
+
+    __slots__ = ("calls", "left", "lock", "mode", "refs", "then", "timeout")
+
+    def __init__(self, refs: list[RaftRef], calls: list[tuple], mode: str | None, timeout: float):
+        self.refs = refs
+        self.calls = calls  # until they are sent
+        self.mode = mode  # None: writes; else the reads' consistency
+        self.timeout = timeout
+        self.left = len(refs)
+        self.lock = threading.Lock()
+        self.then: list[Callable[[], None]] | None = None
+
+    def put(self, positions: Sequence[int], values: Sequence[Any]) -> None:
+        refs = self.refs
+        n = 0
+        woken = []
+        with _callbacks_lock:  # once for the run, not per ref
+            for p, v in zip(positions, values):
+                r = refs[p]
+                if not r._done:
+                    r._value, r._done = v, True
+                    n += 1
+                    w = r._take_waiters()
+                    if w is not None:
+                        woken.append((r, w))
+        for r, (latch, callbacks) in woken:
+            _wake(r, latch, callbacks)
+        self._count(n)
+
+    def put_error(self, position: int, exc: BaseException) -> None:
+        self._count(self.refs[position]._settle(None, _unwrapped(exc)))
+
+    def _count(self, n: int) -> None:
+        if not n:
+            return
+        with self.lock:
+            self.left -= n
+            then = self.then if not self.left else None
+            if then:
+                self.then = None
+        for cb in then or ():
+            cb()
+
+    def done(self) -> bool:
+        return not self.left
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """``callback()`` once every ref has its result (now, if they have)."""
+        with self.lock:
+            if self.left:
+                if self.then is None:
+                    self.then = []
+                self.then.append(callback)
+                return
+        callback()
+
+
+class _Outbox:
+    """A handle's calls on their way to the channel.
+
+    Calls made back to back (a loop of ``.remote()``, the coroutines of one turn of an event
+    loop) leave together: one request per run of consecutive writes (or reads), encoded once
+    on the caller's thread, as ``submit_many`` sends them. They leave as soon as anyone waits
+    for one of the handle's refs (``ray.get``, ``await``, :func:`wait`, ...), when a run fills
+    a call (``RaftConfig.client_batch``), and otherwise :data:`FLUSH_AFTER` (up to
+    ``FLUSH_AFTER + FLUSH_SLACK``) seconds after the first of them. The calls of one thread
+    leave in the order it made them; a read leaves once every write made before it through the
+    handle has its result, so it sees them (as a Ray actor's calls from one caller run in
+    order).
+    """
+
+    def __init__(self, handle: ReplicatedHandle):
+        self._handle = handle
+        self._queued: deque[RaftRef] = deque()  # calls not sent, in the order made (appends need no lock)
+        self._lock = threading.Lock()  # loops, writes_out
+        self._sending = threading.RLock()  # one flush at a time: runs leave in the order made
+        self._armed = False  # a timed flush is coming
+        self._loops: set[asyncio.AbstractEventLoop] = set()  # a flush is coming at the end of their turn
+        self._writes_out: deque[_Refs] = deque()  # sent writes, oldest first, until answered
+        self._batch = max(1, handle.cluster.config.client_batch)
+
+    def add(self, ref: RaftRef) -> None:
+        """Queue the call ``ref`` carries."""
+        ref._outbox = self
+        q = self._queued
+        q.append(ref)
+        if len(q) >= self._batch:
+            self.flush()
+        elif not self._armed:
+            self._armed = True  # two threads may both arm it: one flush then finds nothing
+            try:
+                self._handle._channel.call_later(FLUSH_AFTER, self._timed_flush, FLUSH_SLACK)
+            except Exception:  # noqa: BLE001 - no timer (the cluster is gone): the next wait sends it
+                self._armed = False
+
+    def _timed_flush(self) -> None:
+        self._armed = False
+        self.flush()
+
+    def flush_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A coroutine awaits a ref: flush once this turn of ``loop`` is over, so that every
+        coroutine that makes a call in it goes along."""
+        with self._lock:
+            if not self._queued or loop in self._loops:
+                return
+            self._loops.add(loop)
+        loop.call_soon(self._loop_flush, loop)
+
+    def _loop_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            self._loops.discard(loop)
+        self.flush()
+
+    def flush(self, own: RaftRef | None = None) -> None:
+        """Send every queued call now, in order: each run of consecutive writes (or reads at
+        one consistency, with one deadline) as one request. ``own``: the ref the calling thread
+        is about to wait for; if it is the only call queued, the thread waits for its Ray call
+        itself (no hand-over between threads: a lone call costs what a ``ray.get`` costs)."""
+        q = self._queued
+        if not q:
+            return
+        with self._sending:
+            n = len(q)
+            if not n:
+                return
+            refs = [q.popleft() for _ in range(n)]
+            lone = n == 1 and refs[0] is own
+            if not lone:
+                start = 0
+                for i in range(1, n + 1):
+                    if i == n or refs[i]._mode != refs[start]._mode or refs[i]._timeout != refs[start]._timeout:
+                        self._send_run(refs[start:i] if start or i < n else refs)
+                        start = i
+        if lone:  # waited for outside the lock: other threads' calls go meanwhile
+            self._send_run(refs, blocking=True)
+
+    def _send_run(self, refs: list[RaftRef], blocking: bool = False) -> None:
+        calls = []
+        for r in refs:
+            calls.append(r._call)
+            r._call = None
+        sink = _Refs(refs, calls, refs[0]._mode, refs[0]._timeout)
+        if sink.mode is None:
+            with self._lock:
+                while self._writes_out and self._writes_out[0].done():
+                    self._writes_out.popleft()
+                self._writes_out.append(sink)
+            self._send(sink, blocking)
+        else:
+            self._send_read(sink, blocking)
+
+    def _send_read(self, sink: _Refs, blocking: bool = False) -> None:
+        with self._lock:
+            before = next((w for w in self._writes_out if not w.done()), None)
+        if before is None:
+            self._send(sink, blocking)
+        else:  # once that write is answered, look again (off the thread that answered it)
+            before.on_done(lambda: _later(self._send_read, sink))
+
+    def _send(self, sink: _Refs, blocking: bool = False) -> None:
+        """Hand a run to the channel: one call as it is (the channel encodes it when it
+        leaves, with what leaves beside it), more encoded here at once (an unpicklable one
+        fails alone); ``blocking``: this thread waits for the run's Ray call (see :meth:`flush`)."""
+        h = self._handle
+        ch = h._channel
+        calls, sink.calls = sink.calls, []
+        try:
+            if len(calls) > 1:
+                ch.send_runs(calls, sink, sink.timeout, h._session, sink.mode)
+            elif sink.mode is None:
+                ch.write(h._session, calls, sink, sink.timeout, blocking=blocking)
+            else:
+                ch.read(calls, sink.mode, sink, sink.timeout, blocking=blocking)
+        except RaftError as exc:  # the cluster was shut down: every call of the run fails
+            for i in range(len(sink.refs)):
+                sink.put_error(i, exc)
+
+
+_later_pool: ThreadPoolExecutor | None = None
+_later_lock = threading.Lock()
+
+
+def _later(fn: Callable[..., None], *args: Any) -> None:
+    """Run ``fn(*args)`` on a thread of its own (a sink may not call into the channel)."""
+    global _later_pool
+    with _later_lock:
+        if _later_pool is None:
+            _later_pool = ThreadPoolExecutor(1, thread_name_prefix="raft-replicated")
+    _later_pool.submit(fn, *args)
+
+
 # ---------------------------------------------------------------------------- references
 
 
@@ -390,10 +631,7 @@ class _Settled:
 
 def _resolved(settled: _Settled) -> RaftRef:
     ref = RaftRef()
-    if settled.exc is None:
-        ref.put((0,), (settled.value,))
-    else:
-        ref.put_error(0, settled.exc)
+    ref._settle(settled.value, settled.exc)
     return ref
 
 
@@ -410,36 +648,44 @@ class RaftRef(_RayGetProtocol):
     resolve as a top-level argument.
     """
 
+    # defaults, set on a ref only when they change (a ref is made per call: few sets)
+    _value: Any = None
+    _exc: BaseException | None = None
+    _callbacks: list[Callable[[RaftRef], None]] | None = None
+    _latch: threading.Lock | None = None  # made (held) when a thread waits for the result
+    _outbox: _Outbox | None = None  # where the call waits to be sent, if it does
+    _call: tuple | None = None  # (method, args[, kwargs]), until it is sent
+    _mode: str | None = None  # None: a write; else a read's consistency
+    _timeout = 0.0
+
     def __init__(self) -> None:  # not CompiledDAGRef's: nothing of it is used
-        self._latch = threading.Lock()
-        self._latch.acquire()
         self._done = False
-        self._value: Any = None
-        self._exc: BaseException | None = None
-        self._callbacks: list[Callable[[RaftRef], None]] | None = None
 
-    # the channel's sink interface
-    def put(self, positions: Sequence[int], values: Sequence[Any]) -> None:
-        self._settle(values[0], None)
-
-    def put_error(self, position: int, exc: BaseException) -> None:
-        if isinstance(exc, CommandError) and exc.cause is not None:
-            cause = exc.cause
-            if exc.traceback and not getattr(cause, "__raft_noted__", False):
-                cause.add_note(f"raised in the replicated actor:\n{exc.traceback.rstrip()}")
-                cause.__raft_noted__ = True  # type: ignore[attr-defined]
-            exc = cause
-        self._settle(None, exc)
-
-    def _settle(self, value: Any, exc: BaseException | None) -> None:
+    def _settle(self, value: Any, exc: BaseException | None) -> bool:
+        """The result is in (the first one given counts); whether this one counted."""
         with _callbacks_lock:
             if self._done:
-                return
+                return False
             self._value, self._exc, self._done = value, exc, True
-            callbacks, self._callbacks = self._callbacks, None
-        self._latch.release()
-        for cb in callbacks or ():
-            cb(self)
+            woken = self._take_waiters()
+        if woken is not None:
+            _wake(self, *woken)
+        return True
+
+    def _take_waiters(self) -> tuple[threading.Lock | None, list | None] | None:
+        """Under ``_callbacks_lock``, once ``_done`` is set: who waits, to wake outside it."""
+        latch, callbacks = self._latch, self._callbacks
+        if latch is None and callbacks is None:
+            return None
+        self._callbacks = None
+        return latch, callbacks
+
+    def _send(self, waiting: bool = False) -> None:
+        """Someone waits for the result (``waiting``: this thread, blocked): the call leaves
+        now if it has not yet."""
+        ob = self._outbox
+        if ob is not None and not self._done:
+            ob.flush(self if waiting else None)
 
     def _on_done(self, callback: Callable[[RaftRef], None]) -> None:
         """Call ``callback(self)`` once the result is in (now, if it is)."""
@@ -451,6 +697,11 @@ class RaftRef(_RayGetProtocol):
                 return
         callback(self)
 
+    def _on_result(self, callback: Callable[[RaftRef], None]) -> None:
+        """:meth:`_on_done`, the call sent first if it has not been."""
+        self._send()
+        self._on_done(callback)
+
     def done(self) -> bool:
         return self._done
 
@@ -459,9 +710,16 @@ class RaftRef(_RayGetProtocol):
         seconds (``None``: until the call's own deadline ends it), then raises
         ``ray.exceptions.GetTimeoutError``."""
         if not self._done:
-            if not self._latch.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
-                raise ray.exceptions.GetTimeoutError(f"the result was not in within {timeout} s")
-            self._latch.release()
+            self._send(waiting=True)
+            with _callbacks_lock:
+                latch = self._latch
+                if latch is None and not self._done:
+                    latch = self._latch = threading.Lock()
+                    latch.acquire()
+            if latch is not None:
+                if not latch.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+                    raise ray.exceptions.GetTimeoutError(f"the result was not in within {timeout} s")
+                latch.release()
         if self._exc is not None:
             raise self._exc
         return self._value
@@ -478,12 +736,14 @@ class RaftRef(_RayGetProtocol):
             else:
                 fut.set_result(ref._value)
 
-        self._on_done(settle)
+        self._on_result(settle)
         return fut
 
     def __await__(self) -> Any:
         if not self._done:
             loop = asyncio.get_running_loop()
+            if self._outbox is not None:
+                self._outbox.flush_soon(loop)
             fut = loop.create_future()
             self._on_done(lambda ref: _resolve_soon(loop, fut, ref._value, ref._exc))
             yield from fut.__await__()
@@ -527,10 +787,17 @@ class RaftRef(_RayGetProtocol):
 _callbacks_lock = threading.Lock()
 
 
+def _wake(ref: RaftRef, latch: threading.Lock | None, callbacks: list | None) -> None:
+    if latch is not None:
+        latch.release()
+    for cb in callbacks or ():
+        cb(ref)
+
+
 def _ready_any(refs: Sequence[Any], on_ready: Callable[[int], None]) -> None:
     for i, r in enumerate(refs):
         if isinstance(r, RaftRef):
-            r._on_done(lambda _, i=i: on_ready(i))
+            r._on_result(lambda _, i=i: on_ready(i))
         elif isinstance(r, ray.ObjectRef):
             when_done(r, lambda _, i=i: on_ready(i))
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 
 import pytest
 import ray
@@ -206,6 +207,33 @@ def test_a_handle_passed_to_a_task_reconnects_by_name_and_refs_reach_tasks(bank)
         pay.remote(bank, bank.balance.remote("ann"), [])
     again = raft_actors.get_replicated("test-bank")  # found by name from this driver too
     assert again.cls is Bank.cls and ray.get(again.balance.remote("dan")) == got
+
+
+def test_calls_made_back_to_back_travel_together_and_a_read_sees_the_writes_made_before_it(bank) -> None:
+    ch = bank.cluster.channel
+    calls = ch.calls
+    refs = [bank.deposit.remote("eve", 2) for _ in range(1000)]  # not waited for
+    assert ray.get(bank.balance.remote("eve")) == 1000  # the read waits for the writes before it
+    assert ray.get(refs) == list(range(1, 1001))
+    assert ch.calls - calls < 50  # runs of up to client_batch (512) calls, not a Ray call each
+
+    async def coroutines() -> int:
+        before = ch.calls
+        await asyncio.gather(*(bank.deposit.remote("eve", 2) for _ in range(200)))
+        return ch.calls - before
+
+    assert asyncio.run(coroutines()) < 20  # one turn of the loop: one run
+
+
+def test_calls_nobody_waits_for_are_sent_anyway_and_a_bad_argument_fails_alone(bank) -> None:
+    for _ in range(3):
+        bank.deposit.remote("fay", 2)  # fire and forget
+    probe = bank.cluster.client()
+    wait_until(lambda: probe.query(("balance", ("fay",))) == 3, timeout=30, what="unawaited calls to be sent")
+    refs = [bank.deposit.remote("gus", 2), bank.deposit.remote("gus", threading.Lock()), bank.deposit.remote("gus", 2)]
+    assert ray.get(refs[0]) == 1 and ray.get(refs[2]) == 2
+    with pytest.raises(raft_actors.CommandRejectedError):  # it could not be pickled: never sent
+        ray.get(refs[1])
 
 
 def test_a_plain_cluster_is_not_taken_for_a_replicated_actor(cluster_factory) -> None:
