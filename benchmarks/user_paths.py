@@ -11,6 +11,10 @@ Every row is one way of using a cluster from a script (the driver process), on o
 - one ``AsyncRaftClient`` with 512 coroutines;
 - the batch API: one thread, ``submit_many`` of 8,192 commands at a time;
 - the load generators of ``raft-actors bench`` (8 sessions x 256 in flight, one Ray actor);
+- the same paths through a replicated actor's handle (:mod:`raft_actors.replicated`): one
+  ``ray.get(h.put.remote(...))`` at a time, 64 threads sharing the handle, 512 coroutines
+  awaiting refs, ``ray.get`` of 8,192 refs; each measured in turns with the same path through
+  a client of the same cluster, and given as a ratio to it (what the handle adds);
 - PySyncObj with its fastest settings (batching, 2 ms tick; no fsync), when installed;
 - CPU microseconds per write of each process on the best path, and each node's resident
   memory after a sustained run of it.
@@ -23,48 +27,54 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pandas as pd
 import ray
 
-from raft_actors import RaftCluster
+from raft_actors import RaftCluster, read, replicated
 from raft_actors.state_machines import put
 
 from .common import fresh_cluster, pyplot
 from .skeleton import skeleton_write_ms, sync_rtt_ms
 
 VALUE = "v" * 16
+BATCH = 8192
 
 
-def _one_writer(cl: RaftCluster, n: int) -> tuple[float, float]:
-    client = cl.client()
-    client.submit(put("warm", VALUE))
+#: a blocking write: ``write(k, i)`` is writer ``k``'s ``i``-th write (``k`` -1: a warm-up)
+Write = Callable[[int, int], Any]
+
+
+def _one_writer(write: Write, n: int) -> tuple[float, float]:
+    write(-1, 0)
     times = []
     for i in range(n):
         t = time.perf_counter()
-        client.submit(put(f"one{i % 100}", VALUE))
+        write(0, i)
         times.append(time.perf_counter() - t)
     times.sort()
     return statistics.median(times) * 1e3, times[int(len(times) * 0.99)] * 1e3
 
 
-def _threads(cl: RaftCluster, n: int, shared: bool, seconds: float) -> float:
-    one = cl.client()
-    clients = [one] * n if shared else [cl.client() for _ in range(n)]
-    for c in [one] if shared else clients:
-        c.submit(put("warm", VALUE))  # sessions open before the clock starts
+def _threads(writes: list[Write], seconds: float) -> float:
+    """One thread per write function, each writing one at a time for ``seconds``: writes/s."""
+    n = len(writes)
+    for w in {id(w): w for w in writes}.values():
+        w(-1, 0)  # sessions open before the clock starts
     counts = [0] * n
     start = threading.Barrier(n + 1)
     stop = [0.0]
 
     def work(k: int) -> None:
-        c, i = clients[k], 0
+        w, i = writes[k], 0
         start.wait()
         while time.perf_counter() < stop[0]:
-            c.submit(put(f"t{k}-{i % 100}", VALUE))
+            w(k, i)
             i += 1
         counts[k] = i
 
@@ -79,17 +89,20 @@ def _threads(cl: RaftCluster, n: int, shared: bool, seconds: float) -> float:
     return sum(counts) / (time.perf_counter() - t0)
 
 
-def _asyncio(cl: RaftCluster, coroutines: int, seconds: float) -> float:
+def _asyncio(make: Callable[[], Callable[[int, int], Awaitable[Any]]], coroutines: int, seconds: float) -> float:
+    """``coroutines`` coroutines on one event loop, each awaiting one write at a time;
+    ``make()`` (called in the loop) gives the write."""
+
     async def go() -> float:
-        client = cl.async_client()
-        await client.submit(put("warm", VALUE))
+        write = make()
+        await write(-1, 0)
         stop = time.perf_counter() + seconds
         counts = [0]
 
         async def work(k: int) -> None:
             i = 0
             while time.perf_counter() < stop:
-                await client.submit(put(f"a{k}-{i % 100}", VALUE))
+                await write(k, i)
                 i += 1
             counts[0] += i
 
@@ -100,16 +113,89 @@ def _asyncio(cl: RaftCluster, coroutines: int, seconds: float) -> float:
     return asyncio.run(go())
 
 
+def _client_write(client: Any) -> Write:
+    return lambda k, i: client.submit(put(f"t{k}-{i % 100}", VALUE))
+
+
+def _handle_write(handle: Any) -> Write:
+    return lambda k, i: ray.get(handle.put.remote(f"t{k}-{i % 100}", VALUE))
+
+
+@replicated
+class Register:
+    """The replicated actor of the handle's rows: the KV store's put, as a method."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+
+    def put(self, key: str, value: str) -> None:
+        self.data[key] = value
+
+    @read
+    def get(self, key: str) -> str | None:
+        return self.data.get(key)
+
+
+def _async_client_write(client: Any) -> Callable[[int, int], Awaitable[Any]]:
+    return lambda k, i: client.submit(put(f"a{k}-{i % 100}", VALUE))
+
+
+def _replicated_vs_client(duration: float, one_writes: int, rounds: int = 2) -> dict[str, Any]:
+    """Each path through a replicated actor's handle and through a client of the same cluster
+    (the same commands, ``("put", (key, value))``), measured in turns (client, handle, client,
+    handle...): the medians of each. What the handle adds, apart from what the state machine
+    costs. Every batch is built in the loop, as a script builds it."""
+    with tempfile.TemporaryDirectory(prefix="raft-bench-") as tmp:
+        reg = Register.options(data_dir=tmp).remote()
+        try:
+            cl = reg.cluster
+            shared = cl.client()
+            keys = [f"m{i % 1000}" for i in range(BATCH)]
+
+            def client_write(k: int, i: int) -> Any:
+                return shared.submit(("put", (f"t{k}-{i % 100}", VALUE)))
+
+            def async_client() -> Callable[[int, int], Awaitable[Any]]:
+                client = cl.async_client()
+                return lambda k, i: client.submit(("put", (f"a{k}-{i % 100}", VALUE)))
+
+            paths: dict[str, tuple[Callable[[], float], Callable[[], float]]] = {
+                "one_p50_ms": (lambda: _one_writer(client_write, one_writes // rounds)[0],
+                               lambda: _one_writer(_handle_write(reg), one_writes // rounds)[0]),
+                "threads_shared_s": (lambda: _threads([client_write] * 64, duration / rounds),
+                                     lambda: _threads([_handle_write(reg)] * 64, duration / rounds)),
+                "asyncio_512_s": (
+                    lambda: _asyncio(async_client, 512, duration / rounds),
+                    lambda: _asyncio(lambda: lambda k, i: reg.put.remote(f"a{k}-{i % 100}", VALUE), 512,
+                                     duration / rounds)),
+                "batch_s": (
+                    lambda: _batches(cl, lambda: len(shared.submit_many([("put", (k, VALUE)) for k in keys])),
+                                     duration / rounds)["writes_s"],
+                    lambda: _batches(cl, lambda: len(ray.get([reg.put.remote(k, VALUE) for k in keys])),
+                                     duration / rounds)["writes_s"]),
+            }
+            out: dict[str, Any] = {"client": {}, "handle": {}}
+            for name, (client_path, handle_path) in paths.items():
+                runs: dict[str, list[float]] = {"client": [], "handle": []}
+                for _ in range(rounds):
+                    runs["client"].append(client_path())
+                    runs["handle"].append(handle_path())
+                for side, values in runs.items():
+                    out[side][name] = statistics.median(values)
+            return out
+        finally:
+            reg.cluster.shutdown(delete_data=True)
+
+
 def _cpu(cl: RaftCluster) -> dict[int, float]:
     return {int(i): float(v) for i, v in cl.status()["cpu_s"].items()}
 
 
-def _batches(cl: RaftCluster, batch: int, seconds: float, samples: int = 0) -> dict[str, Any]:
-    """One thread, ``submit_many(batch)`` over and over: writes/s and CPU per write of each
-    process; with ``samples``, each node's resident memory that many times along the run."""
-    client = cl.client()
-    cmds = [put(f"m{i % 1000}", VALUE) for i in range(batch)]
-    client.submit_many(cmds)
+def _batches(cl: RaftCluster, one_batch: Callable[[], int], seconds: float, samples: int = 0) -> dict[str, Any]:
+    """One thread, ``one_batch()`` (a batch of writes, returning how many) over and over:
+    writes/s and CPU per write of each process; with ``samples``, each node's resident memory
+    that many times along the run."""
+    one_batch()
     leader = cl.leader()
     cpu0, dcpu0 = _cpu(cl), time.process_time()
     rss: list[dict[int, int]] = []
@@ -119,8 +205,7 @@ def _batches(cl: RaftCluster, batch: int, seconds: float, samples: int = 0) -> d
         if samples and now >= next_sample:
             rss.append({int(i): int(v) for i, v in cl.status()["rss_bytes"].items()})
             next_sample += seconds / samples
-        client.submit_many(cmds)
-        n += batch
+        n += one_batch()
     elapsed = time.perf_counter() - t0
     cpu1, dcpu = _cpu(cl), time.process_time() - dcpu0
     nodes = {i: (cpu1[i] - cpu0[i]) / n * 1e6 for i in cpu1}
@@ -140,13 +225,16 @@ def run(duration: float = 4.0, sustained: float = 15.0, pysyncobj: bool = True, 
     raw["sync_rtt_ms"] = sync_rtt_ms()
     raw["skeleton_p50_ms"], raw["skeleton_p99_ms"] = skeleton_write_ms(skeleton_samples)
     with fresh_cluster(3) as cl:
-        raw["one_p50_ms"], raw["one_p99_ms"] = _one_writer(cl, one_writes)
-        raw["threads_own_s"] = _threads(cl, 64, shared=False, seconds=duration)
-        raw["threads_shared_s"] = _threads(cl, 64, shared=True, seconds=duration)
-        raw["asyncio_512_s"] = _asyncio(cl, 512, duration)
-        raw["batch"] = _batches(cl, 8192, duration)
-        raw["sustained"] = _batches(cl, 8192, sustained, samples=6)
+        shared = cl.client()
+        raw["one_p50_ms"], raw["one_p99_ms"] = _one_writer(_client_write(shared), one_writes)
+        raw["threads_own_s"] = _threads([_client_write(cl.client()) for _ in range(64)], duration)
+        raw["threads_shared_s"] = _threads([_client_write(shared)] * 64, duration)
+        raw["asyncio_512_s"] = _asyncio(lambda: _async_client_write(cl.async_client()), 512, duration)
+        cmds = [put(f"m{i % 1000}", VALUE) for i in range(BATCH)]
+        raw["batch"] = _batches(cl, lambda: len(shared.submit_many(cmds)), duration)
+        raw["sustained"] = _batches(cl, lambda: len(shared.submit_many(cmds)), sustained, samples=6)
         raw["sustained_s"] = sustained
+    raw["replicated"] = _replicated_vs_client(duration, one_writes)
     from workloads import LoadSpec, run_load, summarize, write_only
 
     with fresh_cluster(3) as cl:
@@ -183,6 +271,19 @@ def table(raw: dict[str, Any]) -> pd.DataFrame:
         ("load generators (8 sessions x 256 in flight)", raw["generators_s"], "writes/s",
          f"{raw['generators_s'] * rtt / 1e3:.1f}x 1/RTT"),
     ]
+    rep = raw.get("replicated")
+    if rep:
+        c, h = rep["client"], rep["handle"]
+        rows += [
+            ("replicated actor: ray.get(h.put.remote()) one at a time, p50", h["one_p50_ms"], "ms",
+             f"{h['one_p50_ms'] / c['one_p50_ms']:.2f}x the same cluster's client ({c['one_p50_ms']:.2f})"),
+            ("replicated actor: 64 threads, one handle", h["threads_shared_s"], "writes/s",
+             f"{h['threads_shared_s'] / c['threads_shared_s']:.2f}x its client ({c['threads_shared_s']:,.0f})"),
+            ("replicated actor: 512 coroutines awaiting h.put.remote()", h["asyncio_512_s"], "writes/s",
+             f"{h['asyncio_512_s'] / c['asyncio_512_s']:.2f}x its client ({c['asyncio_512_s']:,.0f})"),
+            (f"replicated actor: ray.get([h.put.remote() x {BATCH}]), one thread", h["batch_s"], "writes/s",
+             f"{h['batch_s'] / c['batch_s']:.2f}x its submit_many ({c['batch_s']:,.0f})"),
+        ]
     if sync:
         rows.append(("PySyncObj, fastest settings, no fsync", sync["ops_s"], "writes/s",
                      f"best path = {best / sync['ops_s']:.2f}x it"))
@@ -222,6 +323,15 @@ def targets(raw: dict[str, Any]) -> pd.DataFrame:
     if sync:
         rows.append(("best path vs tuned PySyncObj (same run)", ">= 1.3x", f"{best / sync['ops_s']:.2f}x",
                      best >= 1.3 * sync["ops_s"]))
+    rep = raw.get("replicated")
+    if rep:
+        c, h = rep["client"], rep["handle"]
+        ratios = {"one writer": c["one_p50_ms"] / h["one_p50_ms"],
+                  "64 threads": h["threads_shared_s"] / c["threads_shared_s"],
+                  "asyncio": h["asyncio_512_s"] / c["asyncio_512_s"], "batch": h["batch_s"] / c["batch_s"]}
+        worst = min(ratios, key=ratios.__getitem__)
+        rows.append(("replicated-actor handle vs client, each path (speed ratio, in turns)", ">= 0.9x on every path",
+                     f"worst {ratios[worst]:.2f}x ({worst})", ratios[worst] >= 0.9))
     rss = raw["sustained"]["rss"]
     half = rss[len(rss) // 2]
     grew = max((rss[-1][i] - half[i]) / half[i] for i in rss[-1])
