@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 MACHINES = ("db1", "db2", "db3")
@@ -139,12 +140,17 @@ def main() -> None:
         timing("ray_start", time.monotonic() - t0)
 
         # 3. without the token, or with token auth off, a machine is refused
+        # (both at once: each refusal takes Ray a while to give up)
         stranger = Host(root, "stranger", base)
-        refused = stranger.run("ray", "start", f"--address={head}", '--resources={"raft_slot_x": 1}',
-                               "--num-cpus=1", check=False, timeout=60)
+        t_refused = time.monotonic()
+        with ThreadPoolExecutor(2) as pool:
+            refusing = pool.submit(stranger.run, "ray", "start", f"--address={head}",
+                                   '--resources={"raft_slot_x": 1}', "--num-cpus=1", check=False, timeout=60)
+            going_off = pool.submit(lambda: db2.run("ray", "start", f"--address={head}", "--num-cpus=1",
+                                                    check=False, timeout=60, RAY_AUTH_MODE="disabled"))
+            refused, off = refusing.result(), going_off.result()
+        timing("refusals", time.monotonic() - t_refused)
         assert refused.returncode != 0 and "AuthenticationError" in refused.stderr + refused.stdout, refused
-        off = db2.run("ray", "start", f"--address={head}", "--num-cpus=1", check=False, timeout=60,
-                      RAY_AUTH_MODE="disabled")
         assert off.returncode != 0 and "uthenticat" in off.stderr + off.stdout, off
         for what, proc in (("without the token", refused), ("with token auth off", off)):
             said = [ln for ln in (proc.stderr + proc.stdout).splitlines() if "uthenticat" in ln]
