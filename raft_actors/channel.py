@@ -677,13 +677,15 @@ class Channel:
                 r.fail(exc)
 
     # ------------------------------------------------------------------ timers
-    def call_later(self, delay: float, action: Callable[[], None], slack: float = 0.0) -> None:
+    def call_later(self, delay: float, action: Callable[[], None], slack: float = 0.0) -> bool:
         """Run ``action`` on the channel's timer thread in ``delay`` seconds, or up to ``slack``
         seconds later if the thread wakes by then anyway (no wake-up of its own: cheaper); it
-        must not block."""
+        must not block. Returns whether it will run (not once the channel is closed)."""
         with self._lock:
-            if not self._closed:
-                self._timer(time.monotonic() + delay, action, slack)
+            if self._closed:
+                return False
+            self._timer(time.monotonic() + delay, action, slack)
+            return True
 
     def _timer(self, when: float, action: Callable[[], None], slack: float = 0.0) -> None:
         """Under the lock: run ``action`` on the timer thread at ``when`` (or by ``when +

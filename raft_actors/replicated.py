@@ -519,8 +519,10 @@ class _Outbox:
         elif not self._armed:
             self._armed = True  # two threads may both arm it: one flush then finds nothing
             try:
-                self._handle._channel.call_later(FLUSH_AFTER, self._timed_flush, FLUSH_SLACK)
+                armed = self._handle._channel.call_later(FLUSH_AFTER, self._timed_flush, FLUSH_SLACK)
             except Exception:  # noqa: BLE001 - no timer (the cluster is gone): the next wait sends it
+                armed = False
+            if not armed:
                 self._armed = False
 
     def _timed_flush(self) -> None:
@@ -710,7 +712,7 @@ class RaftRef(_RayGetProtocol):
         seconds (``None``: until the call's own deadline ends it), then raises
         ``ray.exceptions.GetTimeoutError``."""
         if not self._done:
-            self._send(waiting=True)
+            self._send(waiting=timeout is None)  # (a lone call waited for on this thread has no timeout of its own)
             with _callbacks_lock:
                 latch = self._latch
                 if latch is None and not self._done:

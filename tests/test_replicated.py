@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 
 import pytest
 import ray
@@ -234,6 +235,30 @@ def test_calls_nobody_waits_for_are_sent_anyway_and_a_bad_argument_fails_alone(b
     assert ray.get(refs[0]) == 1 and ray.get(refs[2]) == 2
     with pytest.raises(raft_actors.CommandRejectedError):  # it could not be pickled: never sent
         ray.get(refs[1])
+
+
+def test_a_get_with_a_timeout_returns_by_it_while_the_leader_does_not_answer(ray_session, tmp_path) -> None:
+    """Regression: a lone call someone waits for is awaited on the caller's own thread; with a
+    timeout given to ray.get, that wait ignored it (up to the longest election timeout, 2.4 s
+    here) before the timeout was applied."""
+    config = RaftConfig(election_ticks=40)  # the longest election timeout: 2.4 s
+    tally = Tally.options(data_dir=str(tmp_path), config=config).remote()
+    try:
+        cluster = tally.cluster
+        assert ray.get(tally.incr.remote()) == 1
+        leader = cluster.leader()
+        cluster.pause(leader)
+        try:
+            ref = tally.incr.remote()
+            t0 = time.monotonic()
+            with pytest.raises(ray.exceptions.GetTimeoutError):
+                ray.get(ref, timeout=0.3)
+            assert time.monotonic() - t0 < 1.8  # by the timeout (0.3 s), not the election timeout (2.4 s)
+        finally:
+            cluster.resume(leader)
+        assert ray.get(ref) == 2  # the call itself went on
+    finally:
+        tally.cluster.shutdown(delete_data=True)
 
 
 def test_a_plain_cluster_is_not_taken_for_a_replicated_actor(cluster_factory) -> None:
