@@ -7,8 +7,11 @@ replays it exactly.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
@@ -46,15 +49,28 @@ def _scenario(seed: int) -> dict:
     }
 
 
+def _run_seed(seed: int) -> str | None:
+    """One seed, checked: ``None`` if all held, else what failed (it runs in a worker process)."""
+    res = simulate(seed, **_scenario(seed))
+    if not res.history:
+        return f"seed {seed}: no client operation completed"
+    lin = check(res.history, kv_model(), timeout=60)
+    if not res.ok or not lin.ok:
+        return res.describe() + ("" if lin.ok else "\n  NOT LINEARIZABLE:\n" + lin.describe())
+    return None
+
+
+@pytest.fixture(scope="module")
+def seed_pool() -> Iterator[ProcessPoolExecutor]:
+    """Seeds run on every core (each is pure computation; fresh processes, not forks of a
+    process that may hold Ray's threads)."""
+    with ProcessPoolExecutor(max(1, os.cpu_count() or 1), mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
 @pytest.mark.parametrize("first", range(0, SEEDS, BATCH))
-def test_random_faults_keep_raft_safe_and_linearizable(first: int) -> None:
-    failures = []
-    for seed in range(first, min(first + BATCH, SEEDS)):
-        res = simulate(seed, **_scenario(seed))
-        lin = check(res.history, kv_model(), timeout=60)
-        if not res.ok or not lin.ok:
-            failures.append(res.describe() + ("" if lin.ok else "\n  NOT LINEARIZABLE:\n" + lin.describe()))
-        assert res.history, f"seed {seed}: no client operation completed"
+def test_random_faults_keep_raft_safe_and_linearizable(seed_pool: ProcessPoolExecutor, first: int) -> None:
+    failures = [f for f in seed_pool.map(_run_seed, range(first, min(first + BATCH, SEEDS))) if f is not None]
     assert not failures, "\n".join(failures)
 
 
