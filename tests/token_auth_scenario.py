@@ -169,7 +169,23 @@ def main() -> None:
         timing("total", time.monotonic() - _T0)
         print("SCENARIO OK", flush=True)
     finally:
+        stop_ray_under(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def stop_ray_under(root: Path) -> None:
+    """Kill the Ray processes this scenario started (their command line or environment names
+    its directory): run by hand, outside the test's own session clean-up, it leaves nothing
+    running (``ray stop`` would stop every Ray on the machine)."""
+    mine = str(root).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if mine in (proc / "cmdline").read_bytes() or mine in (proc / "environ").read_bytes():
+                os.kill(int(proc.name), 9)
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":
