@@ -35,8 +35,9 @@ them, as a Ray actor's calls from one caller run in order.
 Calls made back to back (a loop of ``.remote()``, the coroutines of one turn of an event
 loop, many threads at once) travel together: consecutive writes as one request, encoded once,
 in as few Ray calls as ``submit_many`` uses. A call leaves as soon as anyone waits for a ref of
-the handle, when a call's worth (``RaftConfig.client_batch``) is queued, and otherwise a few
-milliseconds after it was made (:data:`FLUSH_AFTER`), so a call nobody waits for is applied too.
+the handle, when a call's worth (``RaftConfig.client_batch``) is queued, and otherwise 1-21 ms
+after it was made (:data:`FLUSH_AFTER` plus ``FLUSH_SLACK``), so a call nobody waits for is
+applied too.
 
 What ``.remote()`` returns is a :class:`RaftRef`: ``ray.get`` takes it (alone or in a list of
 them), ``await`` takes it, :func:`get` and :func:`wait` are ``ray.get`` and ``ray.wait`` for lists
