@@ -191,11 +191,10 @@ class NodeMetrics:
                 self.proposals.inc(d, {**tags, "outcome": outcome})
             else:
                 self.reads.inc(d, {**tags, "consistency": kind, "outcome": outcome})
-        for _ in range(len(c.sizes)):
-            kind, n = c.sizes.popleft()
+        for kind, n in drain(c.sizes):
             self.batch.observe(n, {**tags, "kind": kind})
-        for _ in range(len(c.read_seconds)):
-            self.read_s.observe(c.read_seconds.popleft(), tags)
+        for seconds in drain(c.read_seconds):
+            self.read_s.observe(seconds, tags)
         for seconds, entries in fsyncs:
             self.fsync_s.observe(seconds, tags)
             self.per_fsync.observe(entries, tags)

@@ -59,6 +59,7 @@ from .errors import (
     NotLeaderError,
     RaftTimeoutError,
 )
+from .metrics import drain
 from .storage.base import SnapshotData, Storage
 
 #: gets the outcome of each request of a batch, in request order
@@ -752,7 +753,7 @@ class Replica:
             "applied_index": st["applied_index"], "last_index": st["log_length"], "storage_bytes": st["storage_bytes"],
             "follower_lag": core.follower_lag(), "leader_changes": self.leader_changes,
             "elections_started": core.elections_started,
-            "commit_seconds": [self.commit_seconds.popleft() for _ in range(len(self.commit_seconds))],
+            "commit_seconds": drain(self.commit_seconds),
         }
 
     def status(self) -> dict[str, Any]:
