@@ -151,7 +151,6 @@ def _method_table(cls: type) -> dict[str, bool]:
 
 
 _NO_KWARGS: dict[str, Any] = {}
-_OBJECT_REF = ray.ObjectRef
 
 
 class ReplicatedState:
@@ -169,12 +168,6 @@ class ReplicatedState:
         self._call(command, write=True, run=False)
 
     def apply(self, command: Any) -> Any:
-        # the common case without the full checks (the leader's validate ran them before the
-        # command entered the log; anything else takes the checked path, alike on every replica)
-        if type(command) is tuple and len(command) == 2 and self.methods.get(command[0]) is False:
-            args = command[1]
-            if type(args) is tuple:
-                return self._result(command[0], getattr(self.obj, command[0])(*args))
         return self._call(command, write=True)
 
     def query(self, query: Any) -> Any:
@@ -195,10 +188,8 @@ class ReplicatedState:
             raise ValueError(f"{self.cls.__qualname__}.{name} is {kind}")
         if not run:
             return None
-        return self._result(name, getattr(self.obj, name)(*args, **kwargs))
-
-    def _result(self, name: str, result: Any) -> Any:
-        if isinstance(result, _OBJECT_REF):
+        result = getattr(self.obj, name)(*args, **kwargs)
+        if isinstance(result, ray.ObjectRef):
             raise TypeError(f"{self.cls.__qualname__}.{name} returned an ObjectRef: a replicated method's "
                             "result must be a value")
         return result
@@ -296,7 +287,8 @@ class ReplicatedHandle:
     It may be passed to Ray tasks and actors and to other drivers: it travels by the cluster's
     name and reconnects there. ``handle.cluster`` is its
     :class:`~raft_actors.cluster.RaftCluster` (status, faults, membership, ``shutdown``). Calls
-    through one handle in one process are one client session: applied in the order made.
+    through one handle in one process are one client session: applied in the order each
+    thread made them (see :class:`_Outbox`).
     """
 
     def __init__(self, cluster: RaftCluster, cls: type, methods: dict[str, bool], consistency: str = LINEARIZABLE,
@@ -562,7 +554,7 @@ class _Outbox:
                 start = 0
                 for i in range(1, n + 1):
                     if i == n or refs[i]._mode != refs[start]._mode or refs[i]._timeout != refs[start]._timeout:
-                        self._send_run(refs[start:i] if start or i < n else refs)
+                        self._send_run(refs[start:i])
                         start = i
         if lone:  # waited for outside the lock: other threads' calls go meanwhile
             self._send_run(refs, blocking=True)
