@@ -36,7 +36,7 @@ from typing import Any
 import pandas as pd
 import ray
 
-from raft_actors import RaftCluster, read, replicated
+from raft_actors import RaftCluster, replicated
 from raft_actors.state_machines import put
 
 from .common import fresh_cluster, pyplot
@@ -113,8 +113,13 @@ def _asyncio(make: Callable[[], Callable[[int, int], Awaitable[Any]]], coroutine
     return asyncio.run(go())
 
 
-def _client_write(client: Any) -> Write:
-    return lambda k, i: client.submit(put(f"t{k}-{i % 100}", VALUE))
+def _register_put(key: str, value: str) -> tuple:
+    """:class:`Register`'s ``put`` as a command a client sends (what its handle sends)."""
+    return ("put", (key, value))
+
+
+def _client_write(client: Any, command: Callable[[str, str], Any] = put) -> Write:
+    return lambda k, i: client.submit(command(f"t{k}-{i % 100}", VALUE))
 
 
 def _handle_write(handle: Any) -> Write:
@@ -131,13 +136,9 @@ class Register:
     def put(self, key: str, value: str) -> None:
         self.data[key] = value
 
-    @read
-    def get(self, key: str) -> str | None:
-        return self.data.get(key)
 
-
-def _async_client_write(client: Any) -> Callable[[int, int], Awaitable[Any]]:
-    return lambda k, i: client.submit(put(f"a{k}-{i % 100}", VALUE))
+def _async_client_write(client: Any, command: Callable[[str, str], Any] = put) -> Callable[[int, int], Awaitable[Any]]:
+    return lambda k, i: client.submit(command(f"a{k}-{i % 100}", VALUE))
 
 
 def _replicated_vs_client(duration: float, one_writes: int, rounds: int = 2) -> dict[str, Any]:
@@ -151,25 +152,19 @@ def _replicated_vs_client(duration: float, one_writes: int, rounds: int = 2) -> 
             cl = reg.cluster
             shared = cl.client()
             keys = [f"m{i % 1000}" for i in range(BATCH)]
-
-            def client_write(k: int, i: int) -> Any:
-                return shared.submit(("put", (f"t{k}-{i % 100}", VALUE)))
-
-            def async_client() -> Callable[[int, int], Awaitable[Any]]:
-                client = cl.async_client()
-                return lambda k, i: client.submit(("put", (f"a{k}-{i % 100}", VALUE)))
-
+            client_write = _client_write(shared, _register_put)
             paths: dict[str, tuple[Callable[[], float], Callable[[], float]]] = {
                 "one_p50_ms": (lambda: _one_writer(client_write, one_writes // rounds)[0],
                                lambda: _one_writer(_handle_write(reg), one_writes // rounds)[0]),
                 "threads_shared_s": (lambda: _threads([client_write] * 64, duration / rounds),
                                      lambda: _threads([_handle_write(reg)] * 64, duration / rounds)),
                 "asyncio_512_s": (
-                    lambda: _asyncio(async_client, 512, duration / rounds),
+                    lambda: _asyncio(lambda: _async_client_write(cl.async_client(), _register_put), 512,
+                                     duration / rounds),
                     lambda: _asyncio(lambda: lambda k, i: reg.put.remote(f"a{k}-{i % 100}", VALUE), 512,
                                      duration / rounds)),
                 "batch_s": (
-                    lambda: _batches(cl, lambda: len(shared.submit_many([("put", (k, VALUE)) for k in keys])),
+                    lambda: _batches(cl, lambda: len(shared.submit_many([_register_put(k, VALUE) for k in keys])),
                                      duration / rounds)["writes_s"],
                     lambda: _batches(cl, lambda: len(ray.get([reg.put.remote(k, VALUE) for k in keys])),
                                      duration / rounds)["writes_s"]),
