@@ -4,7 +4,6 @@ endpoint Ray's metrics agent serves for this Ray node), not from a mock."""
 from __future__ import annotations
 
 import re
-import time
 import urllib.request
 from collections import defaultdict
 
@@ -128,9 +127,15 @@ def test_metrics_can_be_turned_off(metrics_agent, cluster_factory) -> None:
     with pytest.raises(ValueError):
         RaftConfig(metrics_interval=-1)
     cluster = cluster_factory(num_nodes=1, name="metrics-off", config=RaftConfig(metrics_interval=0))
-    cluster.client().submit(put("a", 1))
-    assert cluster.client().query(get("a")) == 1
-    time.sleep(3)  # several report intervals
-    s = scrape()
-    assert not [lab for samples in s.values() for lab, _ in samples
-                if lab.get("cluster") == "metrics-off" and "node" in lab]
+    control = cluster_factory(num_nodes=1, name="metrics-on-beside")  # launched later, default interval
+    for c in (cluster, control):
+        c.client().submit(put("a", 1))
+        assert c.client().query(get("a")) == 1
+
+    def node_samples(name: str) -> list:
+        return [lab for samples in scrape().values() for lab, _ in samples
+                if lab.get("cluster") == name and "node" in lab]
+
+    # once the node launched after it has reached Ray's export, this one would have too
+    wait_until(lambda: node_samples("metrics-on-beside"), timeout=60, what="the control cluster's metrics")
+    assert not node_samples("metrics-off")
