@@ -299,8 +299,8 @@ class ReplicatedHandle:
         self._consistency = consistency
         self._timeout = timeout
         self._session = Session()
-        self._bound: dict[str, _Method] = {}
         self._outbox = _Outbox(self)
+        self._kinds: dict[tuple[str | None, float], _Kind] = {}
 
     @property
     def name(self) -> str:
@@ -311,19 +311,26 @@ class ReplicatedHandle:
         return self.cluster.channel
 
     def __getattr__(self, name: str) -> _Method:
-        if name.startswith("__"):
+        """``handle.method`` the first time: made, then kept as an attribute of the handle
+        (later lookups do not come here)."""
+        methods = self.__dict__.get("_methods")
+        if name.startswith("__") or methods is None:
             raise AttributeError(name)
-        bound = self.__dict__.get("_bound")
-        if bound is None:
-            raise AttributeError(name)
-        m = bound.get(name)
-        if m is None:
-            is_read = self._methods.get(name)
-            if is_read is None:
-                raise AttributeError(f"{self.cls.__qualname__} has no method {name!r} callable through its handle "
-                                     f"(public instance methods: {sorted(self._methods)})")
-            m = bound[name] = _Method(self, name, is_read, self._consistency, self._timeout)
+        is_read = methods.get(name)
+        if is_read is None:
+            raise AttributeError(f"{self.cls.__qualname__} has no method {name!r} callable through its handle "
+                                 f"(public instance methods: {sorted(methods)})")
+        m = self.__dict__[name] = _Method(self, name, is_read, self._consistency, self._timeout)
         return m
+
+    def _kind(self, mode: str | None, timeout: float | None) -> _Kind:
+        """The one :class:`_Kind` of this handle's calls with read ``mode`` (None: writes) and
+        deadline ``timeout`` (None: the cluster's ``request_timeout``)."""
+        key = (mode, timeout or self.cluster.config.request_timeout)
+        kind = self._kinds.get(key)
+        if kind is None:
+            kind = self._kinds[key] = _Kind(self._outbox, *key)
+        return kind
 
     def __reduce__(self) -> tuple:
         return (_reconnect, (self.cluster.name, self.cluster.namespace, self._consistency, self._timeout))
@@ -341,15 +348,16 @@ class ReplicatedHandle:
 class _Method:
     """``handle.method``: ``.remote(*args, **kwargs)`` calls it; ``.options(...)`` per call."""
 
-    __slots__ = ("_consistency", "_handle", "_mode", "_name", "_read", "_timeout")
+    __slots__ = ("_cluster", "_consistency", "_handle", "_kind", "_name", "_read", "_timeout")
 
     def __init__(self, handle: ReplicatedHandle, name: str, is_read: bool, consistency: str, timeout: float | None):
         self._handle = handle
+        self._cluster = handle.cluster
         self._name = name
         self._read = is_read
         self._consistency = consistency
-        self._mode = consistency if is_read else None  # what the call's ref carries: None for a write
         self._timeout = timeout
+        self._kind = handle._kind(consistency if is_read else None, timeout)  # what each call's ref carries
 
     def options(self, consistency: str | None = None, timeout: float | None = None) -> _Method:
         """This method with another read ``consistency`` (reads only) or call deadline."""
@@ -365,14 +373,12 @@ class _Method:
 
     def remote(self, *args: Any, **kwargs: Any) -> RaftRef:
         """Call the method; returns a :class:`RaftRef` to its result at once."""
-        h = self._handle
-        if h.cluster._closed:
+        if self._cluster._closed:
             raise ClusterUnavailableError("the cluster has been shut down")
-        ref = RaftRef()
+        ref = _new_ref(RaftRef)  # (no __init__: its defaults are the class's)
         ref._call = (self._name, args, kwargs) if kwargs else (self._name, args)
-        ref._mode = self._mode
-        ref._timeout = self._timeout or h.cluster.config.request_timeout
-        h._outbox.add(ref)
+        kind = ref._kind = self._kind
+        kind.outbox.add(ref)
         return ref
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -415,6 +421,19 @@ def _unwrapped(exc: BaseException) -> BaseException:
     return exc
 
 
+class _Kind:
+    """What a handle's call carries besides its method and arguments: where it waits to be
+    sent, and what run it may join (one object per read consistency and deadline, so runs
+    split where it changes)."""
+
+    __slots__ = ("mode", "outbox", "timeout")
+
+    def __init__(self, outbox: _Outbox, mode: str | None, timeout: float):
+        self.outbox = outbox
+        self.mode = mode  # None: a write; else a read's consistency
+        self.timeout = timeout
+
+
 class _Refs:
     """A run of a handle's calls (consecutive writes, or reads at one consistency, with one
     deadline) and the channel's sink of their results: to the refs by position; callbacks once
@@ -443,9 +462,8 @@ class _Refs:
                 if not r._done:
                     r._value, r._done = v, True
                     n += 1
-                    w = r._take_waiters()
-                    if w is not None:
-                        woken.append((r, w))
+                    if r._latch is not None or r._callbacks is not None:
+                        woken.append((r, r._take_waiters()))
         for r, (latch, callbacks) in woken:
             _wake(r, latch, callbacks)
         self._count(n)
@@ -504,7 +522,6 @@ class _Outbox:
 
     def add(self, ref: RaftRef) -> None:
         """Queue the call ``ref`` carries."""
-        ref._outbox = self
         q = self._queued
         q.append(ref)
         if len(q) >= self._batch:
@@ -553,7 +570,7 @@ class _Outbox:
             if not lone:
                 start = 0
                 for i in range(1, n + 1):
-                    if i == n or refs[i]._mode != refs[start]._mode or refs[i]._timeout != refs[start]._timeout:
+                    if i == n or refs[i]._kind is not refs[start]._kind:
                         self._send_run(refs[start:i])
                         start = i
         if lone:  # waited for outside the lock: other threads' calls go meanwhile
@@ -564,7 +581,8 @@ class _Outbox:
         for r in refs:
             calls.append(r._call)
             r._call = None
-        sink = _Refs(refs, calls, refs[0]._mode, refs[0]._timeout)
+        kind = refs[0]._kind
+        sink = _Refs(refs, calls, kind.mode, kind.timeout)
         if sink.mode is None:
             with self._lock:
                 while self._writes_out and self._writes_out[0].done():
@@ -648,13 +666,12 @@ class RaftRef(_RayGetProtocol):
     _exc: BaseException | None = None
     _callbacks: list[Callable[[RaftRef], None]] | None = None
     _latch: threading.Lock | None = None  # made (held) when a thread waits for the result
-    _outbox: _Outbox | None = None  # where the call waits to be sent, if it does
+    _kind: _Kind | None = None  # where the call waits to be sent and what run it joins (None: a resolved ref)
     _call: tuple | None = None  # (method, args[, kwargs]), until it is sent
-    _mode: str | None = None  # None: a write; else a read's consistency
-    _timeout = 0.0
+    _done = False
 
     def __init__(self) -> None:  # not CompiledDAGRef's: nothing of it is used
-        self._done = False
+        pass
 
     def _settle(self, value: Any, exc: BaseException | None) -> bool:
         """The result is in (the first one given counts); whether this one counted."""
@@ -678,9 +695,9 @@ class RaftRef(_RayGetProtocol):
     def _send(self, waiting: bool = False) -> None:
         """Someone waits for the result (``waiting``: this thread, blocked): the call leaves
         now if it has not yet."""
-        ob = self._outbox
-        if ob is not None and not self._done:
-            ob.flush(self if waiting else None)
+        kind = self._kind
+        if kind is not None and not self._done:
+            kind.outbox.flush(self if waiting else None)
 
     def _on_done(self, callback: Callable[[RaftRef], None]) -> None:
         """Call ``callback(self)`` once the result is in (now, if it is)."""
@@ -737,8 +754,8 @@ class RaftRef(_RayGetProtocol):
     def __await__(self) -> Any:
         if not self._done:
             loop = asyncio.get_running_loop()
-            if self._outbox is not None:
-                self._outbox.flush_soon(loop)
+            if self._kind is not None:
+                self._kind.outbox.flush_soon(loop)
             fut = loop.create_future()
             self._on_done(lambda ref: _resolve_soon(loop, fut, ref._value, ref._exc))
             yield from fut.__await__()
@@ -780,6 +797,7 @@ class RaftRef(_RayGetProtocol):
 
 
 _callbacks_lock = threading.Lock()
+_new_ref = object.__new__
 
 
 def _wake(ref: RaftRef, latch: threading.Lock | None, callbacks: list | None) -> None:
