@@ -20,7 +20,7 @@ def jepsen_ray(ray_session: None):
 
 @pytest.mark.parametrize("nemesis", sorted(NEMESES))
 def test_each_nemesis_alone_gives_a_linearizable_history(jepsen_ray, nemesis, tmp_path) -> None:
-    test = JepsenTest(nodes=3, clients=6, duration=7.0, nemeses=(nemesis,), seed=3, interval=(0.5, 1.5),
+    test = JepsenTest(nodes=3, clients=6, duration=5.0, nemeses=(nemesis,), seed=3, interval=(0.5, 1.5),
                       op_timeout=3.0, settle=15.0)
     result = run(test)
     faults = result.faults[result.faults["nemesis"] == nemesis]

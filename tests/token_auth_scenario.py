@@ -139,15 +139,16 @@ def main() -> None:
             h.run("ray", "start", f"--address={head}", f'--resources={{"raft_slot_{h.name}": 1}}', "--num-cpus=1")
         timing("ray_start", time.monotonic() - t0)
 
-        # 3. without the token, or with token auth off, a machine is refused
-        # (both at once: each refusal takes Ray a while to give up)
+        # 3. without the token, or with token auth off, a machine is refused (the one with auth
+        # off retries the GCS once a second, RAY_NUM_REDIS_GET_RETRIES times: 20 by default)
         stranger = Host(root, "stranger", base)
         t_refused = time.monotonic()
         with ThreadPoolExecutor(2) as pool:
             refusing = pool.submit(stranger.run, "ray", "start", f"--address={head}",
                                    '--resources={"raft_slot_x": 1}', "--num-cpus=1", check=False, timeout=60)
             going_off = pool.submit(lambda: db2.run("ray", "start", f"--address={head}", "--num-cpus=1",
-                                                    check=False, timeout=60, RAY_AUTH_MODE="disabled"))
+                                                    check=False, timeout=60, RAY_AUTH_MODE="disabled",
+                                                    RAY_NUM_REDIS_GET_RETRIES="3"))
             refused, off = refusing.result(), going_off.result()
         timing("refusals", time.monotonic() - t_refused)
         assert refused.returncode != 0 and "AuthenticationError" in refused.stderr + refused.stdout, refused
