@@ -66,6 +66,38 @@ NODES_EVERY = 0.2
 Nodes = Callable[[], Mapping[int, Any]]
 
 
+class _Lock:
+    """The channel's lock. A request that fails while it is held is told so once it is
+    released, by the thread that releases it, outside it: a sink may run user code (a future's
+    done callbacks, a replicated actor's ref callbacks) that calls into the channel again."""
+
+    __slots__ = ("_lock", "acquire", "later")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.acquire = self._lock.acquire
+        self.later: list[tuple[Request, BaseException]] = []  # failures to tell, once released
+
+    def release(self) -> None:
+        later = self.later
+        if not later:
+            self._lock.release()
+            return
+        self.later = []
+        self._lock.release()
+        for req, exc in later:
+            try:
+                req.fail(exc)
+            except Exception:  # one sink's error must not keep the others from their results
+                log.exception("failing a request's sink raised")
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class _Lane:
     """Requests waiting for one kind of call, and its calls in flight.
 
@@ -119,7 +151,7 @@ class Channel:
         jitter = config.election_jitter_ticks
         self.probe_after = (config.election_ticks + (config.election_ticks - 1 if jitter is None else jitter)) \
             * config.tick_interval
-        self._lock = threading.Lock()
+        self._lock = _Lock()
         self._write_lane = _Lane(0, None)
         self._lanes: dict[tuple[int, str | None], _Lane] = {}  # reads, by node and consistency
         self.router = Router()
@@ -594,14 +626,15 @@ class Channel:
                 req.session.finished(req)
 
     def _end(self, req: Request, exc: BaseException) -> None:
-        """Under the lock: fail ``req`` (and, for a session opening, the writes waiting on it)."""
+        """Under the lock: fail ``req`` (and, for a session opening, the writes waiting on it);
+        its sink is told once the lock is released (see :class:`_Lock`)."""
         if req not in self._pending:
             return
         self._pending.discard(req)
         if req.kind == OPEN:
             req.sink.give_up(exc)
             return
-        req.fail(exc)
+        self._lock.later.append((req, exc))
         if req.kind == WRITE and req.session is not None:
             req.session.finished(req)
 
@@ -666,7 +699,7 @@ class Channel:
 
     def _open_failed(self, session: Session, exc: BaseException) -> None:
         """Under the lock: a session could not be opened: the writes waiting on it fail (they
-        were never sent: a plain timeout, not an unknown outcome)."""
+        were never sent: a plain timeout, not an unknown outcome), told once the lock is released."""
         session.opening = False
         waiting, session.waiting = session.waiting, []
         if isinstance(exc, TimeoutError):
@@ -674,7 +707,7 @@ class Channel:
         for r in waiting:
             if r in self._pending:
                 self._pending.discard(r)
-                r.fail(exc)
+                self._lock.later.append((r, exc))
 
     # ------------------------------------------------------------------ timers
     def call_later(self, delay: float, action: Callable[[], None], slack: float = 0.0) -> bool:

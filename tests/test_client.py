@@ -132,6 +132,35 @@ def test_closing_or_shutting_down_fails_calls_instead_of_hanging(cluster_factory
         client.submit(put("z", 3))
 
 
+@pytest.mark.timeout(90)
+def test_a_done_callback_may_call_the_client_when_every_node_is_dead(cluster_factory) -> None:
+    """A future's done callback is user code, and may call into the client (a retry on
+    failure). When the channel gave up on a request (every node dead, a client closed, a
+    shutdown) it failed the request's future under its own lock: such a callback deadlocked
+    there, and with it the channel's timer thread."""
+    cluster = cluster_factory(num_nodes=3)
+    client = cluster.client()
+    client.submit(put("x", 1))
+    for node in cluster.node_ids:
+        cluster.kill(node)
+    retried = []
+    returned = threading.Event()
+
+    def retry(_: object) -> None:
+        try:
+            retried.append(client.submit_async(put("y", 2), timeout=10))
+        finally:
+            returned.set()
+
+    first = client.submit_async(put("y", 1), timeout=30)
+    first.add_done_callback(retry)
+    with pytest.raises(ClusterUnavailableError):
+        first.result(timeout=30)
+    assert returned.wait(15), "the done callback never returned: it waits for the channel's lock"
+    with pytest.raises(ClusterUnavailableError):
+        retried[0].result(timeout=15)
+
+
 def test_closed_client_fails_fast(cluster_factory) -> None:
     cluster = cluster_factory(num_nodes=1)
     client = cluster.client()
