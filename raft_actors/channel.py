@@ -17,6 +17,7 @@ daemon thread per channel keeps the timers: per-attempt timeouts, deadlines and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -85,11 +86,17 @@ class _Lock:
             return
         self.later = []
         self._lock.release()
-        for req, exc in later:
-            try:
-                req.fail(exc)
-            except Exception:  # one sink's error must not keep the others from their results
-                log.exception("failing a request's sink raised")
+        left = iter(later)
+        try:
+            for req, exc in left:
+                try:
+                    req.fail(exc)
+                except Exception:  # one sink's error must not keep the others from their results
+                    log.exception("failing a request's sink raised")
+        finally:  # an interrupt in a callback: the requests after it still get their failure
+            for req, exc in left:
+                with contextlib.suppress(Exception):
+                    req.fail(exc)
 
     def __enter__(self) -> bool:
         return self._lock.acquire()
@@ -818,24 +825,35 @@ class _Opened:
 # ---------------------------------------------------------------------------- sinks
 
 
+#: makes "the first result given counts" atomic in :class:`One` (two threads may give one at
+#: once: a call's answer, and the channel's giving up on it)
+_first_answer = threading.Lock()
+
+
 class One:
     """The sink of one blocking call: the caller waits on it."""
 
-    __slots__ = ("exc", "lock", "value")
+    __slots__ = ("answered", "exc", "lock", "value")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.lock.acquire()
+        self.answered = False
         self.value: Any = None
         self.exc: BaseException | None = None
 
+    def _is_first(self) -> bool:
+        with _first_answer:
+            first, self.answered = not self.answered, True
+        return first
+
     def put(self, positions: Sequence[int], values: Sequence[Any]) -> None:
-        if self.lock.locked():
+        if self._is_first():
             self.value = values[0]
             self.lock.release()
 
     def put_error(self, position: int, exc: BaseException) -> None:
-        if self.lock.locked():
+        if self._is_first():
             self.exc = exc
             self.lock.release()
 

@@ -10,8 +10,10 @@ retrying are :mod:`raft_actors.session`'s.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future as ConcurrentFuture
+from concurrent.futures import InvalidStateError
 from typing import Any, Self
 
 from .channel import AsyncOne, Channel, Many, One, Waiter, _resolve_soon
@@ -169,12 +171,14 @@ class _FutureSink:
     def __init__(self, future: ConcurrentFuture):
         self.future = future
 
+    # the first result given counts: another (a call's answer and the channel's giving up on it,
+    # at once) or the caller's cancelling first leaves the future as it is
     def put(self, positions: Sequence[int], values: Sequence[Any]) -> None:
-        if not self.future.done():
+        with contextlib.suppress(InvalidStateError):
             self.future.set_result(values[0])
 
     def put_error(self, position: int, exc: BaseException) -> None:
-        if not self.future.done():
+        with contextlib.suppress(InvalidStateError):
             self.future.set_exception(exc)
 
 

@@ -438,8 +438,8 @@ class _Refs:
     """A run of a handle's calls (consecutive writes, or reads at one consistency, with one
     deadline) and the channel's sink of their results: to the refs by position; callbacks once
     all are in.
-    (Called on Ray's callback thread, a blocking caller's, or under the channel's lock: it
-    never calls into the channel itself.)"""
+    (Called on Ray's callback thread, a blocking caller's, or the one that ended requests
+    under the channel's lock, once it released it; it never calls into the channel itself.)"""
 
     __slots__ = ("calls", "left", "lock", "mode", "refs", "then", "timeout")
 
@@ -624,7 +624,8 @@ _later_lock = threading.Lock()
 
 
 def _later(fn: Callable[..., None], *args: Any) -> None:
-    """Run ``fn(*args)`` on a thread of its own (a sink may not call into the channel)."""
+    """Run ``fn(*args)`` on a thread of its own: a sink's callback that sends calls leaves the
+    thread giving results (Ray's callback thread, mostly) to give them."""
     global _later_pool
     with _later_lock:
         if _later_pool is None:
