@@ -569,6 +569,9 @@ class Channel:
         ``again`` and ``reopen`` are in the call's order."""
         launch: list[_Call] = []
         with self._lock:
+            if again or reopen:  # what its caller was given the end of (a failure, a deadline) goes no further
+                again = [r for r in again if not r.ended]
+                reopen = [r for r in reopen if not r.ended]
             lane = call.lane
             lane.in_flight -= 1
             wait = backoff_all
@@ -638,6 +641,7 @@ class Channel:
         if req not in self._pending:
             return
         self._pending.discard(req)
+        req.ended = True
         if req.kind == OPEN:
             req.sink.give_up(exc)
             return
@@ -665,6 +669,7 @@ class Channel:
             late = [r for r in self._pending if r.deadline <= now]
             for r in late:
                 self._pending.discard(r)
+                r.ended = True
                 if r.kind == OPEN:
                     r.sink.give_up(RaftTimeoutError("could not open a client session before the deadline"))
                 elif r.kind == WRITE and r.session is not None:
@@ -714,6 +719,7 @@ class Channel:
         for r in waiting:
             if r in self._pending:
                 self._pending.discard(r)
+                r.ended = True
                 self._lock.later.append((r, exc))
 
     # ------------------------------------------------------------------ timers

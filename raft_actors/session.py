@@ -66,8 +66,8 @@ class Request:
     answer keeps the positions of the items it still carries).
     """
 
-    __slots__ = ("blob", "cid", "deadline", "in_flight", "items", "kind", "maybe_applied", "mode", "positions",
-                 "seqs", "session", "sink", "target", "tries")
+    __slots__ = ("blob", "cid", "deadline", "ended", "in_flight", "items", "kind", "maybe_applied", "mode",
+                 "positions", "seqs", "session", "sink", "target", "tries")
 
     def __init__(self, kind: str, items: list[Any], sink: Sink, deadline: float, session: Session | None = None,
                  mode: str | None = None, positions: Sequence[int] | None = None, blob: bytes | None = None):
@@ -83,6 +83,7 @@ class Request:
         self.cid: Any = None  # the session id it was last sent in
         self.maybe_applied = False  # an earlier attempt may have reached a leader
         self.in_flight = False
+        self.ended = False  # its caller was given its end (a failure, a deadline): never sent again
         self.target = 0
         self.tries = 0
 
@@ -95,7 +96,8 @@ class Request:
                     [self.positions[i] for i in keep])
         if self.seqs:
             r.seqs = tuple(self.seqs[i] for i in keep)
-        r.maybe_applied, r.tries, r.cid, r.target = self.maybe_applied, self.tries, self.cid, self.target
+        r.maybe_applied, r.tries, r.cid, r.target, r.ended = self.maybe_applied, self.tries, self.cid, self.target, \
+            self.ended
         return r
 
     def fail(self, exc: BaseException) -> None:

@@ -161,6 +161,28 @@ def test_a_done_callback_may_call_the_client_when_every_node_is_dead(cluster_fac
         retried[0].result(timeout=15)
 
 
+def test_a_write_in_flight_when_its_client_is_closed_is_not_sent_again(cluster_factory) -> None:
+    """Closing a client fails its pending calls at once. A write then in flight at a leader
+    that cannot commit it was still sent again when that leader gave up on it (as a retry is),
+    and applied by the next leader after its caller was told it failed."""
+    cluster = cluster_factory(num_nodes=3)
+    client = cluster.client()
+    client.submit(put("x", 1))
+    leader = cluster.leader()
+    cluster.partition([leader])  # the write reaches the old leader, which cannot commit it
+    pending = client.submit_async(put("y", 2), timeout=30)
+    channel = cluster.channel
+    wait_until(lambda: channel._out, what="the write in flight")
+    client.close()
+    with pytest.raises(ClusterUnavailableError):
+        pending.result(timeout=10)
+    # the old leader's answer (or the channel giving up waiting for one) comes, and nothing follows it
+    wait_until(lambda: not channel._out and not channel._pending, timeout=20, what="the channel idle")
+    other = cluster.client()
+    other.submit(put("z", 3))  # a new leader serves: anything sent for the closed client was sent by now
+    assert other.query(get("y")) is None
+
+
 def test_closed_client_fails_fast(cluster_factory) -> None:
     cluster = cluster_factory(num_nodes=1)
     client = cluster.client()
