@@ -462,8 +462,9 @@ class _Refs:
                 if not r._done:
                     r._value, r._done = v, True
                     n += 1
-                    if r._latch is not None or r._callbacks is not None:
-                        woken.append((r, r._take_waiters()))
+                    w = r._take_waiters()
+                    if w is not None:
+                        woken.append((r, w))
         for r, (latch, callbacks) in woken:
             _wake(r, latch, callbacks)
         self._count(n)

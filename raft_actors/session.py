@@ -96,8 +96,8 @@ class Request:
                     [self.positions[i] for i in keep])
         if self.seqs:
             r.seqs = tuple(self.seqs[i] for i in keep)
-        r.maybe_applied, r.tries, r.cid, r.target, r.ended = self.maybe_applied, self.tries, self.cid, self.target, \
-            self.ended
+        r.maybe_applied, r.tries, r.cid, r.target = self.maybe_applied, self.tries, self.cid, self.target
+        r.ended = self.ended
         return r
 
     def fail(self, exc: BaseException) -> None:
