@@ -375,9 +375,8 @@ class _Method:
         """Call the method; returns a :class:`RaftRef` to its result at once."""
         if self._cluster._closed:
             raise ClusterUnavailableError("the cluster has been shut down")
-        ref = _new_ref(RaftRef)  # (no __init__: its defaults are the class's)
-        ref._call = (self._name, args, kwargs) if kwargs else (self._name, args)
-        kind = ref._kind = self._kind
+        kind = self._kind
+        ref = RaftRef((self._name, args, kwargs) if kwargs else (self._name, args), kind)
         kind.outbox.add(ref)
         return ref
 
@@ -663,17 +662,22 @@ class RaftRef(_RayGetProtocol):
     resolve as a top-level argument.
     """
 
-    # defaults, set on a ref only when they change (a ref is made per call: few sets)
-    _value: Any = None
-    _exc: BaseException | None = None
-    _callbacks: list[Callable[[RaftRef], None]] | None = None
-    _latch: threading.Lock | None = None  # made (held) when a thread waits for the result
-    _kind: _Kind | None = None  # where the call waits to be sent and what run it joins (None: a resolved ref)
-    _call: tuple | None = None  # (method, args[, kwargs]), until it is sent
-    _done = False
+    # Slots, not the instance dict CompiledDAGRef gives: a ref is made per call and lives until
+    # its batch is answered, and an instance dict materialised beside it (as CPython 3.11 does
+    # once the class's shared keys are settled) doubles what the garbage collector tracks.
+    __slots__ = ("_call", "_callbacks", "_done", "_exc", "_kind", "_latch", "_value")
+    _value: Any
+    _exc: BaseException | None
+    _callbacks: list[Callable[[RaftRef], None]] | None
+    _latch: threading.Lock | None  # made (held) when a thread waits for the result
+    _kind: _Kind | None  # where the call waits to be sent and what run it joins (None: a resolved ref)
+    _call: tuple | None  # (method, args[, kwargs]), until it is sent
+    _done: bool
 
-    def __init__(self) -> None:  # not CompiledDAGRef's: nothing of it is used
-        pass
+    def __init__(self, call: tuple | None = None, kind: _Kind | None = None) -> None:  # not CompiledDAGRef's
+        self._call, self._kind = call, kind
+        self._value = self._exc = self._callbacks = self._latch = None
+        self._done = False
 
     def _settle(self, value: Any, exc: BaseException | None) -> bool:
         """The result is in (the first one given counts); whether this one counted."""
@@ -799,7 +803,6 @@ class RaftRef(_RayGetProtocol):
 
 
 _callbacks_lock = threading.Lock()
-_new_ref = object.__new__
 
 
 def _wake(ref: RaftRef, latch: threading.Lock | None, callbacks: list | None) -> None:
