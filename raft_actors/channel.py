@@ -926,6 +926,15 @@ class Many:
         if done and self.on_done is not None:
             self.on_done(self)
 
+    def results(self, return_exceptions: bool = False) -> list[Any]:
+        """Once all are in: the values in order; the first error (by position) raised, or with
+        ``return_exceptions`` each error in its place."""
+        if self.errors and not return_exceptions:
+            raise self.errors[min(self.errors)]
+        if self.errors:
+            return [self.errors.get(i, v) for i, v in enumerate(self.values)]
+        return self.values
+
 
 class Waiter(Many):
     """A :class:`Many` a blocking caller waits on."""

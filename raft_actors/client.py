@@ -61,14 +61,6 @@ class _Base:
             raise ValueError(f"consistency must be one of {READ_MODES}, got {consistency!r}")
         return consistency
 
-def _gather(sink: Many, return_exceptions: bool) -> list[Any]:
-    if sink.errors and not return_exceptions:
-        raise sink.errors[min(sink.errors)]
-    if sink.errors:
-        return [sink.errors.get(i, v) for i, v in enumerate(sink.values)]
-    return sink.values
-
-
 class RaftClient(_Base):
     """A blocking client session; safe to share between threads.
 
@@ -108,7 +100,7 @@ class RaftClient(_Base):
         sink = Waiter(len(commands))
         self._channel.send_runs(commands, sink, t, self._session)
         sink.wait(t * 10 + 60)
-        return _gather(sink, return_exceptions)
+        return sink.results(return_exceptions)
 
     def submit_async(self, command: Any, timeout: float | None = None) -> ConcurrentFuture:
         """Like :meth:`submit`, but return a ``concurrent.futures.Future`` at once."""
@@ -149,7 +141,7 @@ class RaftClient(_Base):
         sink = Waiter(len(queries))
         self._channel.send_runs(queries, sink, t, mode=mode)
         sink.wait(t * 10 + 60)
-        return _gather(sink, return_exceptions)
+        return sink.results(return_exceptions)
 
     def close(self) -> None:
         """Fail this client's pending calls with :class:`ClusterUnavailableError`; later calls
@@ -210,7 +202,7 @@ class AsyncRaftClient(_Base):
         sink, fut = _async_many(len(commands))
         self._channel.send_runs(commands, sink, t, self._session)
         await fut
-        return _gather(sink, return_exceptions)
+        return sink.results(return_exceptions)
 
     async def query(self, query: Any, consistency: str = LINEARIZABLE, timeout: float | None = None) -> Any:
         """Answer ``query`` (see :meth:`RaftClient.query` for ``consistency``)."""
@@ -232,7 +224,7 @@ class AsyncRaftClient(_Base):
         sink, fut = _async_many(len(queries))
         self._channel.send_runs(queries, sink, t, mode=mode)
         await fut
-        return _gather(sink, return_exceptions)
+        return sink.results(return_exceptions)
 
     async def aclose(self) -> None:
         """Fail this client's pending calls with :class:`ClusterUnavailableError`."""

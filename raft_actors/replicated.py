@@ -49,6 +49,10 @@ not itself an ``ObjectRef``: minting one costs a Ray call per request, and
 calls here travel in batches (every handle and client of a process shares the process's
 channel to the cluster), so a call through a handle costs what a client call costs.
 
+``handle.method.map(*iterables)`` makes one call per set of arguments (as ``Executor.map``)
+and returns one :class:`RaftRef` to the list of their results: thousands of calls at the cost
+of one ``submit_many`` of them, without an object per call for the garbage collector.
+
 Supported: plain methods (writes), methods marked :func:`read`, any picklable arguments and
 results, exceptions (raised to the caller as themselves, as ``ray.get`` does for an actor).
 Refused when the class is decorated, with a ``TypeError``: ``async def`` methods and
@@ -70,14 +74,14 @@ import inspect
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
 
 import cloudpickle
 import ray
 
-from .channel import Channel, _resolve_soon
+from .channel import Channel, Many, _resolve_soon
 from .cluster import DEFAULT_NAMESPACE, RaftCluster
 from .errors import ClusterUnavailableError, CommandError, RaftError
 from .raycall import when_done
@@ -380,8 +384,34 @@ class _Method:
         kind.outbox.add(ref)
         return ref
 
+    def map(self, *iterables: Iterable[Any], return_exceptions: bool = False) -> RaftRef:
+        """Call the method once per set of arguments, as ``Executor.map`` does: ``f(a[0],
+        b[0])``, ``f(a[1], b[1])``, ... for ``map(a, b)`` (up to the shortest iterable); one
+        :class:`RaftRef` to the list of their results, in order.
+
+        The calls leave at once, after the calls made through the handle before them, as one
+        ``submit_many`` of them: each applied once, in order. For thousands of calls this is the
+        cheap way: a ref per call (a list of ``.remote()``) is an object per call for the
+        garbage collector until its batch is answered. ``ray.get`` of the ref raises the
+        exception of the first call (by position) that raised, as ``ray.get`` of a list of refs
+        does; ``return_exceptions=True`` puts each in its place in the list instead.
+        """
+        if self._cluster._closed:
+            raise ClusterUnavailableError("the cluster has been shut down")
+        if not iterables:
+            raise TypeError(f"{self._name}.map() needs at least one iterable of arguments")
+        name = self._name
+        calls = [(name, args) for args in zip(*iterables)]
+        ref = RaftRef()
+        if not calls:
+            ref._settle([], None)
+            return ref
+        kind = self._kind
+        kind.outbox.send_whole(_Gathered(ref, calls, kind, return_exceptions))
+        return ref
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(f"call it with .remote(): {self._name}.remote(...)")
+        raise TypeError(f"call it with .remote(): {self._name}.remote(...) (or many at once: .map(...))")
 
 
 def _reconnect(name: str, namespace: str, consistency: str, timeout: float | None) -> ReplicatedHandle:
@@ -472,6 +502,7 @@ class _Refs:
         self._count(self.refs[position]._settle(None, _unwrapped(exc)))
 
     def _count(self, n: int) -> None:
+        """``n`` more results are in; the callbacks once all are."""
         if not n:
             return
         with self.lock:
@@ -494,6 +525,38 @@ class _Refs:
                 self.then.append(callback)
                 return
         callback()
+
+
+class _Gathered(_Refs):
+    """The run of one :meth:`_Method.map`: its results gathered by position (the first answer
+    for each counts), then given to the map's one ref as a list."""
+
+    __slots__ = ("many", "ref", "return_exceptions")
+
+    def __init__(self, ref: RaftRef, calls: list[tuple], kind: _Kind, return_exceptions: bool):
+        super().__init__([], calls, kind.mode, kind.timeout)
+        self.left = 1  # one count for the whole run, once every result is in
+        self.ref = ref
+        self.return_exceptions = return_exceptions
+        self.many = Many(len(calls), self._all_in)
+        self.then = [self._settle]
+
+    def put(self, positions: Sequence[int], values: Sequence[Any]) -> None:
+        self.many.put(positions, values)
+
+    def put_error(self, position: int, exc: BaseException) -> None:
+        self.many.put_error(position, _unwrapped(exc))
+
+    def _all_in(self, _: Many) -> None:
+        self._count(1)
+
+    def _settle(self) -> None:
+        try:
+            values = self.many.results(self.return_exceptions)
+        except BaseException as exc:  # noqa: BLE001 - a call's own error: the ref raises it
+            self.ref._settle(None, exc)
+        else:
+            self.ref._settle(values, None)
 
 
 class _Outbox:
@@ -576,13 +639,23 @@ class _Outbox:
         if lone:  # waited for outside the lock: other threads' calls go meanwhile
             self._send_run(refs, blocking=True)
 
+    def send_whole(self, sink: _Refs) -> None:
+        """Send a run made whole by its caller (a map's), after every call queued before it."""
+        with self._sending:
+            self.flush()
+            self._dispatch(sink)
+
     def _send_run(self, refs: list[RaftRef], blocking: bool = False) -> None:
         calls = []
         for r in refs:
             calls.append(r._call)
             r._call = None
         kind = refs[0]._kind
-        sink = _Refs(refs, calls, kind.mode, kind.timeout)
+        self._dispatch(_Refs(refs, calls, kind.mode, kind.timeout), blocking)
+
+    def _dispatch(self, sink: _Refs, blocking: bool = False) -> None:
+        """A run leaves: writes now (and remembered until answered, for the reads after them),
+        a read once the writes before it are answered."""
         if sink.mode is None:
             with self._lock:
                 while self._writes_out and self._writes_out[0].done():
@@ -615,7 +688,7 @@ class _Outbox:
             else:
                 ch.read(calls, sink.mode, sink, sink.timeout, blocking=blocking)
         except RaftError as exc:  # the cluster was shut down: every call of the run fails
-            for i in range(len(sink.refs)):
+            for i in range(len(calls)):
                 sink.put_error(i, exc)
 
 
@@ -670,7 +743,7 @@ class RaftRef(_RayGetProtocol):
     _exc: BaseException | None
     _callbacks: list[Callable[[RaftRef], None]] | None
     _latch: threading.Lock | None  # made (held) when a thread waits for the result
-    _kind: _Kind | None  # where the call waits to be sent and what run it joins (None: a resolved ref)
+    _kind: _Kind | None  # where the call waits to be sent and what run it joins (None: nothing to send)
     _call: tuple | None  # (method, args[, kwargs]), until it is sent
     _done: bool
 

@@ -9,6 +9,7 @@ the same class in the simulator and the Jepsen-style suite.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import threading
 import time
@@ -237,6 +238,34 @@ def test_calls_nobody_waits_for_are_sent_anyway_and_a_bad_argument_fails_alone(b
         ray.get(refs[1])
 
 
+def test_map_calls_a_method_per_set_of_arguments_in_order_through_one_ref(bank) -> None:
+    ch = bank.cluster.channel
+    calls = ch.calls
+    ref = bank.deposit.map(["hal"] * 1500, itertools.repeat(2))  # as Executor.map: up to the shortest
+    assert isinstance(ref, RaftRef)
+    assert ray.get(ref) == list(range(1, 1501))  # fee 1: +1 each, applied once, in order
+    assert ch.calls - calls < 20  # runs of client_batch (512) calls, as submit_many sends them
+    assert ray.get(bank.balance.map(["hal", "nobody"])) == [1500, 0]  # reads too
+    refs = [bank.deposit.remote("ivy", 2) for _ in range(3)]  # queued: they leave before the map
+    assert asyncio.run(_await(bank.deposit.map(["ivy"], [2]))) == [4]
+    assert ray.get(refs) == [1, 2, 3]
+    assert ray.get(bank.balance.options(consistency="follower").map(["ivy"])) == [4]  # sees the writes before it
+    assert ray.get(bank.deposit.map([], [])) == []
+    with pytest.raises(TypeError, match="at least one iterable"):
+        bank.deposit.map()
+
+
+def test_a_maps_exceptions_are_raised_first_by_position_or_returned_in_place(bank) -> None:
+    with pytest.raises(ValueError, match="got -1"):  # the first that raised, once all have ended
+        ray.get(bank.deposit.map(["jo"] * 3, [2, -1, -2]))
+    assert ray.get(bank.balance.remote("jo")) == 1  # the others were applied (or refused) as made
+    out = ray.get(bank.deposit.map(["jo"] * 3, [2, -1, threading.Lock()], return_exceptions=True))
+    assert out[0] == 2
+    assert isinstance(out[1], ValueError)  # the method's own exception
+    assert isinstance(out[2], raft_actors.CommandRejectedError)  # could not be pickled: never sent
+    assert ray.get(bank.balance.remote("jo")) == 2
+
+
 def test_a_get_with_a_timeout_returns_by_it_while_the_leader_does_not_answer(ray_session, tmp_path) -> None:
     """Regression: a lone call someone waits for is awaited on the caller's own thread; with a
     timeout given to ray.get, that wait ignored it (up to the longest election timeout, 2.4 s
@@ -273,10 +302,12 @@ def test_a_leader_killed_mid_stream_loses_no_call_and_applies_each_once_in_order
         cluster = tally.cluster
         refs = [tally.incr.remote() for _ in range(300)]
         ray.get(refs[:10])
+        many = tally.incr.map([1] * 1000)  # in flight when the leader dies too
         cluster.kill(cluster.leader())  # abruptly, with calls in flight and queued
         refs += [tally.incr.remote() for _ in range(300)]
-        assert ray.get(refs) == list(range(1, 601))  # each applied once, in the order made
-        assert ray.get(tally.value.remote())[0] == 600
+        assert ray.get(many) == list(range(301, 1301))  # each applied once, in the order made
+        assert ray.get(refs) == list(range(1, 301)) + list(range(1301, 1601))
+        assert ray.get(tally.value.remote())[0] == 1600
         st = cluster.status()
         assert (st["snapshot_index"].dropna() > 0).any()  # snapshots in the class's own format
     finally:
