@@ -547,7 +547,8 @@ class _Gathered(_Refs):
     def put_error(self, position: int, exc: BaseException) -> None:
         self.many.put_error(position, _unwrapped(exc))
 
-    def _all_in(self, _: Many) -> None:
+    def _all_in(self, many: Many) -> None:
+        many.on_done = None  # (it is this bound method: no cycle left for the collector)
         self._count(1)
 
     def _settle(self) -> None:
@@ -687,7 +688,7 @@ class _Outbox:
                 ch.write(h._session, calls, sink, sink.timeout, blocking=blocking)
             else:
                 ch.read(calls, sink.mode, sink, sink.timeout, blocking=blocking)
-        except RaftError as exc:  # the cluster was shut down: every call of the run fails
+        except RaftError as exc:  # the cluster was shut down: every call of the run not answered yet fails
             for i in range(len(calls)):
                 sink.put_error(i, exc)
 

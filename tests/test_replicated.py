@@ -247,9 +247,12 @@ def test_map_calls_a_method_per_set_of_arguments_in_order_through_one_ref(bank) 
     assert ch.calls - calls < 20  # runs of client_batch (512) calls, as submit_many sends them
     assert ray.get(bank.balance.map(["hal", "nobody"])) == [1500, 0]  # reads too
     refs = [bank.deposit.remote("ivy", 2) for _ in range(3)]  # queued: they leave before the map
-    assert asyncio.run(_await(bank.deposit.map(["ivy"], [2]))) == [4]
+    many = bank.deposit.map(["ivy"] * 600, itertools.repeat(2))  # two runs, not waited for
+    assert ray.get(bank.balance.remote("ivy")) == 603  # a read made at once sees every write before it
     assert ray.get(refs) == [1, 2, 3]
-    assert ray.get(bank.balance.options(consistency="follower").map(["ivy"])) == [4]  # sees the writes before it
+    assert asyncio.run(_await(many)) == list(range(4, 604))
+    assert asyncio.run(_await(bank.deposit.map(["ivy"], [2]))) == [604]  # one call: sent as it is
+    assert ray.get(bank.balance.options(consistency="follower").map(["ivy"])) == [604]
     assert ray.get(bank.deposit.map([], [])) == []
     with pytest.raises(TypeError, match="at least one iterable"):
         bank.deposit.map()
