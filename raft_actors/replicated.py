@@ -76,6 +76,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from threading import get_ident as _get_ident
 from typing import Any, Self
 
 import cloudpickle
@@ -380,7 +381,7 @@ class _Method:
         if self._cluster._closed:
             raise ClusterUnavailableError("the cluster has been shut down")
         kind = self._kind
-        ref = RaftRef((self._name, args, kwargs) if kwargs else (self._name, args), kind)
+        ref = RaftRef((self._name, args, kwargs) if kwargs else (self._name, args), kind, _get_ident())
         kind.outbox.add(ref)
         return ref
 
@@ -620,8 +621,10 @@ class _Outbox:
     def flush(self, own: RaftRef | None = None) -> None:
         """Send every queued call now, in order: each run of consecutive writes (or reads at
         one consistency, with one deadline) as one request. ``own``: the ref the calling thread
-        is about to wait for; if it is the only call queued, the thread waits for its Ray call
-        itself (no hand-over between threads: a lone call costs what a ``ray.get`` costs)."""
+        is about to wait for; if it is the only call queued and this thread made it, the thread
+        waits for its Ray call itself (no hand-over between threads: a lone call costs what a
+        ``ray.get`` costs). Its maker is then blocked in that wait, so no later call of the same
+        thread can overtake it; one made by another thread leaves under the lock, in order."""
         q = self._queued
         if not q:
             return
@@ -630,7 +633,7 @@ class _Outbox:
             if not n:
                 return
             refs = [q.popleft() for _ in range(n)]
-            lone = n == 1 and refs[0] is own
+            lone = n == 1 and refs[0] is own and own._maker == _get_ident()
             if not lone:
                 start = 0
                 for i in range(1, n + 1):
@@ -739,17 +742,19 @@ class RaftRef(_RayGetProtocol):
     # Slots, not the instance dict CompiledDAGRef gives: a ref is made per call and lives until
     # its batch is answered, and an instance dict materialised beside it (as CPython 3.11 does
     # once the class's shared keys are settled) doubles what the garbage collector tracks.
-    __slots__ = ("_call", "_callbacks", "_done", "_exc", "_kind", "_latch", "_value")
+    __slots__ = ("_call", "_callbacks", "_done", "_exc", "_kind", "_latch", "_maker", "_value")
     _value: Any
     _exc: BaseException | None
     _callbacks: list[Callable[[RaftRef], None]] | None
     _latch: threading.Lock | None  # made (held) when a thread waits for the result
     _kind: _Kind | None  # where the call waits to be sent and what run it joins (None: nothing to send)
     _call: tuple | None  # (method, args[, kwargs]), until it is sent
+    _maker: int | None  # the thread that made the call
     _done: bool
 
-    def __init__(self, call: tuple | None = None, kind: _Kind | None = None) -> None:  # not CompiledDAGRef's
-        self._call, self._kind = call, kind
+    def __init__(self, call: tuple | None = None, kind: _Kind | None = None,
+                 maker: int | None = None) -> None:  # not CompiledDAGRef's
+        self._call, self._kind, self._maker = call, kind, maker
         self._value = self._exc = self._callbacks = self._latch = None
         self._done = False
 

@@ -293,6 +293,36 @@ def test_a_get_with_a_timeout_returns_by_it_while_the_leader_does_not_answer(ray
         tally.cluster.shutdown(delete_data=True)
 
 
+def test_a_call_another_thread_waits_for_still_applies_before_its_makers_next_call(ray_session, tmp_path,
+                                                                                    monkeypatch) -> None:
+    """Regression: a thread waiting for a call another thread made sent it itself, outside the
+    handle's lock; the maker's next call, waited for at once, could be numbered first in the
+    session and applied before it."""
+    tally = Tally.options(data_dir=str(tmp_path)).remote()
+    try:
+        outbox = tally._outbox
+        send_run = type(outbox)._send_run
+        maker_done = threading.Event()
+
+        def held(self, refs, blocking=False):  # the waiting thread is slow to send what it took
+            if blocking and refs[0] is first:
+                maker_done.wait(5)
+            return send_run(self, refs, blocking)
+
+        monkeypatch.setattr(type(outbox), "_send_run", held)
+        first = tally.incr.remote()
+        got: list[int] = []
+        waiter = threading.Thread(target=lambda: got.append(ray.get(first)))
+        waiter.start()
+        wait_until(lambda: not outbox._queued, what="the other thread to take the call")
+        second = ray.get(tally.incr.remote())  # this thread's next call
+        maker_done.set()
+        waiter.join(30)
+        assert got == [1] and second == 2  # in the order this thread made them
+    finally:
+        tally.cluster.shutdown(delete_data=True)
+
+
 def test_a_plain_cluster_is_not_taken_for_a_replicated_actor(cluster_factory) -> None:
     cluster = cluster_factory(num_nodes=1, name="test-plain-kv")
     with pytest.raises(TypeError, match="does not run a replicated class"):
