@@ -361,3 +361,20 @@ def test_connect_finds_a_running_cluster_by_name(cluster_factory) -> None:
         RaftCluster.launch(num_nodes=1, name=cluster.name, namespace=cluster.namespace)
     with pytest.raises(Unavailable):
         RaftCluster.connect("no-such-cluster", namespace=cluster.namespace, timeout=1)
+
+
+def test_a_name_is_free_again_once_shutdown_returns(cluster_factory, monkeypatch, tmp_path) -> None:
+    """Regression: shutdown returned while Ray still held the node actors' names (``ray.kill``
+    only asks for the kill), and launching again under the same name at once was refused as a
+    running cluster (the durability suite's relaunch, on a busy machine). Here each kill takes
+    effect 0.5 s after it is asked for."""
+    real_kill = ray.kill
+    monkeypatch.setattr(ray, "kill", lambda actor, **kw: threading.Timer(0.5, real_kill, (actor,), kw).start())
+    name = f"free-{time.monotonic_ns()}"
+    for i in range(2):
+        cluster = cluster_factory(num_nodes=3, name=name, data_dir=tmp_path / "data")
+        client = cluster.client()
+        assert client.query(get("k")) == (i or None)  # the second launch recovers the first's data
+        client.submit(put("k", 1))
+        cluster.shutdown()  # data kept
+        assert cluster._existing_node_names() == []
