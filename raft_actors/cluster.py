@@ -738,15 +738,15 @@ class RaftCluster:
                 ray.kill(h, no_restart=True)
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
-        elif ray.is_initialized():
-            self._wait_names_released()
+        elif self._nodes and ray.is_initialized():
+            self._wait_names_released({node_actor_name(self.name, i) for i in self._nodes})
 
-    def _wait_names_released(self, timeout: float = 30.0) -> None:
-        """Until Ray has let go of the node actors' names (``ray.kill`` only asks for the kill),
-        so that a launch under the same name may follow at once; at most ``timeout`` seconds."""
+    def _wait_names_released(self, names: set[str], timeout: float = 30.0) -> None:
+        """Until Ray has let go of these node actors' names (``ray.kill`` only asks for the
+        kill), so that a launch under the same name may follow at once; at most ``timeout`` s."""
         deadline = time.monotonic() + timeout
         with contextlib.suppress(ray.exceptions.RayError, ConnectionError):
-            while self._existing_node_names() and time.monotonic() < deadline:
+            while names.intersection(self._existing_node_names()) and time.monotonic() < deadline:
                 time.sleep(0.05)
 
     def __enter__(self) -> Self:
