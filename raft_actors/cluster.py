@@ -719,7 +719,9 @@ class RaftCluster:
 
     # ------------------------------------------------------------------ lifecycle
     def shutdown(self, delete_data: bool = False) -> None:
-        """Kill every node actor (and Ray itself, if :meth:`launch` started it).
+        """Kill every node actor (and Ray itself, if :meth:`launch` started it); when Ray stays
+        up, return once it has let go of the nodes' names (at most 30 s), so that the same name
+        may be launched again at once.
 
         The nodes' data stays on disk (launch again with the same ``name`` and ``data_dir`` to
         recover the cluster) unless ``delete_data`` is true.
