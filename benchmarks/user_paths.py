@@ -155,6 +155,11 @@ def _replicated_vs_client(duration: float, one_writes: int, rounds: int = 2) -> 
             keys = [f"m{i % 1000}" for i in range(BATCH)]
             payloads = [VALUE] * BATCH
             client_write = _client_write(shared, _register_put)
+
+            def client_batches() -> dict[str, Any]:  # submit_many of the same commands, built per batch
+                return _batches(cl, lambda: len(shared.submit_many([_register_put(k, VALUE) for k in keys])),
+                                duration / rounds)
+
             paths: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
                 "one_p50_ms": (lambda: _one_writer(client_write, one_writes // rounds)[0],
                                lambda: _one_writer(_handle_write(reg), one_writes // rounds)[0]),
@@ -166,13 +171,11 @@ def _replicated_vs_client(duration: float, one_writes: int, rounds: int = 2) -> 
                     lambda: _asyncio(lambda: lambda k, i: reg.put.remote(f"a{k}-{i % 100}", VALUE), 512,
                                      duration / rounds)),
                 "batch_s": (  # (and the driver's CPU per write: batch_driver_us)
-                    lambda: _batches(cl, lambda: len(shared.submit_many([_register_put(k, VALUE) for k in keys])),
-                                     duration / rounds),
+                    client_batches,
                     lambda: _batches(cl, lambda: len(ray.get([reg.put.remote(k, VALUE) for k in keys])),
                                      duration / rounds)),
                 "map_s": (
-                    lambda: _batches(cl, lambda: len(shared.submit_many([_register_put(k, VALUE) for k in keys])),
-                                     duration / rounds),
+                    client_batches,
                     lambda: _batches(cl, lambda: len(ray.get(reg.put.map(keys, payloads))), duration / rounds)),
             }
             out: dict[str, Any] = {"client": {}, "handle": {}}
