@@ -5,9 +5,11 @@ coalesce into the same Ray calls. Per node and kind of call (writes, or reads at
 consistency) at most :data:`MAX_IN_FLIGHT` calls are out at once: what arrives meanwhile waits
 and leaves together in the next call, so batches grow with the load by themselves, up to
 ``RaftConfig.client_batch`` requests a call (larger loads pipeline rather than move in
-lock-step). A call whose lane is idle leaves at once, from the caller's own thread, and its
-answer comes back through Ray's own completion callback: a lone blocking call costs about what
-a ``ray.get`` costs.
+lock-step). After a call that answered several callers, the next waits a moment for them to
+come back (each within ``HOLD_GAP`` of the one before), so that they travel in one call again
+rather than the first alone and the rest a round later. Otherwise a call whose lane is idle
+leaves at once, from the caller's own thread, and its answer comes back through Ray's own
+completion callback: a lone blocking call costs about what a ``ray.get`` costs.
 
 The rules of what an answer means (retry where, in which session, whether the outcome is
 known) are :mod:`raft_actors.session`'s; this module moves bytes and keeps time for them. One
@@ -63,6 +65,11 @@ MAX_IN_FLIGHT = 1
 SWEEP_EVERY = 0.02
 #: seconds a channel trusts the list of the cluster's nodes it last saw (while all answer)
 NODES_EVERY = 0.2
+#: a lane whose call answered several callers holds its next call back until they are all
+#: back (or the call is full), as long as one comes back within ``HOLD_GAP`` seconds of the
+#: one before, for at most ``HOLD_MAX`` seconds and never longer than the call took
+HOLD_GAP = 0.001
+HOLD_MAX = 0.02
 
 Nodes = Callable[[], Mapping[int, Any]]
 
@@ -113,7 +120,8 @@ class _Lane:
     before anything made after it, so each session's writes are applied in order. Reads have a
     lane per node and consistency."""
 
-    __slots__ = ("in_flight", "mode", "node", "paused", "queue")
+    __slots__ = ("expect", "hold_end", "hold_timer", "in_flight", "items", "last_in", "mode", "node", "paused",
+                 "queue")
 
     def __init__(self, node: int, mode: str | None):
         self.node = node
@@ -121,6 +129,13 @@ class _Lane:
         self.queue: deque[Request] = deque()
         self.in_flight = 0
         self.paused = False  # backing off (writes): nothing leaves until it resumes
+        # the hold (see Channel._holds): requests the next call waits for, items queued
+        # meanwhile, when the last came, when the hold ends at the latest, a timer is armed
+        self.expect = 0
+        self.items = 0
+        self.last_in = 0.0
+        self.hold_end = 0.0
+        self.hold_timer = False
 
 
 class _Call:
@@ -275,7 +290,11 @@ class Channel:
         else:
             lane = self._write_lane
         lane.queue.append(req)
-        self._pump(lane, launch)
+        if lane.expect:
+            lane.items += len(req)
+            self._pump(lane, launch, time.monotonic())
+        else:
+            self._pump(lane, launch)
 
     def _node_ids(self) -> list[int]:
         """Under the lock: the cluster's nodes (a dead node whose actor was replaced counts
@@ -292,9 +311,12 @@ class Channel:
         self._ids_until = now + NODES_EVERY
         return self._ids
 
-    def _pump(self, lane: _Lane, launch: list[_Call]) -> None:
-        """Under the lock: the lane's next call, if it may leave now."""
+    def _pump(self, lane: _Lane, launch: list[_Call], arrived: float = 0.0) -> None:
+        """Under the lock: the lane's next call, if it may leave now (``arrived``: when a
+        request just queued came)."""
         if lane.queue and lane.in_flight < MAX_IN_FLIGHT and not lane.paused:
+            if lane.expect and self._holds(lane, arrived):
+                return
             if lane is self._write_lane:
                 ids = self._node_ids()
                 if not ids or self.router.all_dead(ids):
@@ -306,6 +328,38 @@ class Channel:
             call = self._take(lane)
             if call is not None:
                 launch.append(call)
+
+    def _holds(self, lane: _Lane, arrived: float) -> bool:
+        """Under the lock: whether the lane's next call waits for more requests.
+
+        The callers a call answered (blocking threads, coroutines, the writers of a load) come
+        back a moment later with their next request, one after another. Sent as they come, the
+        first would leave alone and the rest wait a whole round for the next call: calls of 1
+        and 63 requests for 64 threads, not one of 64. So after a call that answered several
+        requests, the next waits for as many more as it answered, while they keep coming: each
+        within ``HOLD_GAP`` of the one before, for at most ``HOLD_MAX`` and never longer than
+        that call took (PostgreSQL's ``commit_delay`` with ``commit_siblings`` is the same
+        idea). A lone caller is never held, nor the rest of a batch: their call answered one
+        request."""
+        now = arrived or time.monotonic()
+        if (len(lane.queue) >= lane.expect or lane.items >= self.batch_limit or now >= lane.hold_end
+                or now - lane.last_in >= HOLD_GAP):
+            lane.expect = 0
+            return False
+        if arrived:
+            lane.last_in = arrived
+        if not lane.hold_timer:
+            lane.hold_timer = True
+            self._timer(min(lane.last_in + HOLD_GAP, lane.hold_end), lambda: self._hold_over(lane))
+        return True
+
+    def _hold_over(self, lane: _Lane) -> None:
+        """Timer thread: look again at a lane holding its next call."""
+        launch: list[_Call] = []
+        with self._lock:
+            lane.hold_timer = False
+            self._pump(lane, launch)
+        self._launch(launch)
 
     def _take(self, lane: _Lane) -> _Call | None:
         """Under the lock: the next call of ``lane`` (up to ``batch_limit`` requests' items).
@@ -608,8 +662,29 @@ class Channel:
                         self._timer(time.monotonic() + delay, lambda r=r: self._retry(r))
                     else:
                         self._route(r, launch)
+            lane.expect = 0
+            if answered and not again and not reopen:
+                self._expect(lane, call)
             self._pump(lane, launch)
         self._launch(launch)
+
+    def _expect(self, lane: _Lane, call: _Call) -> None:
+        """Under the lock: after ``call`` was answered, how many requests the lane's next call
+        waits for (see :meth:`_holds`): those queued meanwhile and as many more as it answered
+        (only if it answered several), unless those queued fill a call already."""
+        answered = len(call.reqs)
+        if answered < 2:
+            return
+        items = 0
+        for r in lane.queue:
+            items += len(r)
+            if items >= self.batch_limit:
+                return
+        now = time.monotonic()
+        lane.expect = min(answered + len(lane.queue), self.batch_limit)
+        lane.items = items
+        lane.last_in = now
+        lane.hold_end = now + min(HOLD_MAX, now - call.sent)
 
     def _resume_writes(self) -> None:
         """Timer thread: the write lane's backoff ended."""

@@ -1,7 +1,7 @@
 """The fast paths on a real Ray, for behaviour (never timing): a slow state machine causes no
-election, calls from many threads coalesce into few Ray calls in order, batches keep their
-order and their errors apart, and exactly-once holds across a leader kill with the shared
-channel."""
+election, calls from many threads coalesce into few Ray calls in order (threads in lock-step
+into one call a round), batches keep their order and their errors apart, and exactly-once
+holds across a leader kill with the shared channel."""
 
 from __future__ import annotations
 
@@ -86,6 +86,36 @@ def test_calls_from_many_threads_coalesce_and_each_session_keeps_its_order(clust
         mine = [s for s in seen if s.startswith(f"{w}:")]
         assert mine == [f"{w}:{i}" for i in range(20)]  # in order, each once
         assert results[w] == sorted(results[w])
+
+
+def test_threads_in_lock_step_travel_in_one_call_a_round(cluster_factory, monkeypatch) -> None:
+    """Blocking threads that write one at a time come back together after each answer: the
+    next call waits for all of them (the lane's hold) instead of the first leaving alone and
+    the rest a round later (two calls a round, each half full). The hold is bounded by the
+    gap between arrivals, made long here so that a slow machine cannot split a round."""
+    from raft_actors import channel
+
+    monkeypatch.setattr(channel, "HOLD_GAP", 0.5)
+    monkeypatch.setattr(channel, "HOLD_MAX", 5.0)  # the call's own duration (about 50 ms) still bounds it
+    cluster = cluster_factory(num_nodes=3, state_machine=Slow)
+    client = cluster.client()
+    client.submit(("tick",))
+    threads, rounds = 12, 25
+    got: dict[int, list[int]] = {}
+
+    def writer(w: int) -> None:
+        got[w] = [client.submit(("spin", 0.004)) for _ in range(rounds)]
+
+    before = cluster.channel.calls
+    workers = [threading.Thread(target=writer, args=(w,)) for w in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    calls = cluster.channel.calls - before
+    assert all(got[w] == sorted(got[w]) and len(set(got[w])) == rounds for w in got)
+    # about one call a round (two more while the threads fall into step); without the hold, two
+    assert calls <= rounds + 8, calls
 
 
 def test_batches_keep_their_order_and_their_errors_apart(cluster_factory) -> None:
