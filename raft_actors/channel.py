@@ -5,11 +5,11 @@ coalesce into the same Ray calls. Per node and kind of call (writes, or reads at
 consistency) at most :data:`MAX_IN_FLIGHT` calls are out at once: what arrives meanwhile waits
 and leaves together in the next call, so batches grow with the load by themselves, up to
 ``RaftConfig.client_batch`` requests a call (larger loads pipeline rather than move in
-lock-step). After a call that answered several callers, the next waits a moment for them to
-come back (each within ``HOLD_GAP`` of the one before), so that they travel in one call again
-rather than the first alone and the rest a round later. Otherwise a call whose lane is idle
-leaves at once, from the caller's own thread, and its answer comes back through Ray's own
-completion callback: a lone blocking call costs about what a ``ray.get`` costs.
+lock-step). After a call that answered blocked callers (threads), the next waits a moment for
+them to come back (each within ``HOLD_GAP`` of the one before), so that they travel in one
+call again rather than the first alone and the rest a round later. Otherwise a call whose
+lane is idle leaves at once, from the caller's own thread, and its answer comes back through
+Ray's own completion callback: a lone blocking call costs about what a ``ray.get`` costs.
 
 The rules of what an answer means (retry where, in which session, whether the outcome is
 known) are :mod:`raft_actors.session`'s; this module moves bytes and keeps time for them. One
@@ -65,9 +65,9 @@ MAX_IN_FLIGHT = 1
 SWEEP_EVERY = 0.02
 #: seconds a channel trusts the list of the cluster's nodes it last saw (while all answer)
 NODES_EVERY = 0.2
-#: a lane whose call answered several callers holds its next call back until they are all
-#: back (or the call is full), as long as one comes back within ``HOLD_GAP`` seconds of the
-#: one before, for at most ``HOLD_MAX`` seconds and never longer than the call took
+#: a lane whose call answered blocked callers holds its next call back until they are back
+#: (or the call is full), as long as each comes within ``HOLD_GAP`` seconds of the one
+#: before, for at most ``HOLD_MAX`` seconds and never longer than that call took
 HOLD_GAP = 0.001
 HOLD_MAX = 0.02
 
@@ -120,8 +120,8 @@ class _Lane:
     before anything made after it, so each session's writes are applied in order. Reads have a
     lane per node and consistency."""
 
-    __slots__ = ("expect", "hold_end", "hold_timer", "in_flight", "items", "last_in", "mode", "node", "paused",
-                 "queue")
+    __slots__ = ("expect", "have", "hold_at", "hold_end", "in_flight", "items", "last_in", "mode", "node",
+                 "paused", "queue")
 
     def __init__(self, node: int, mode: str | None):
         self.node = node
@@ -129,17 +129,19 @@ class _Lane:
         self.queue: deque[Request] = deque()
         self.in_flight = 0
         self.paused = False  # backing off (writes): nothing leaves until it resumes
-        # the hold (see Channel._holds): requests the next call waits for, items queued
-        # meanwhile, when the last came, when the hold ends at the latest, a timer is armed
+        # the hold (see Channel._holds): blocked callers' requests the next call waits for and
+        # those queued, items queued, when the last came, when the hold ends at the latest,
+        # when the timer that looks at it next is due
         self.expect = 0
+        self.have = 0
         self.items = 0
         self.last_in = 0.0
         self.hold_end = 0.0
-        self.hold_timer = False
+        self.hold_at = float("inf")
 
 
 class _Call:
-    __slots__ = ("groups", "lane", "over", "probe_at", "reqs", "sent")
+    __slots__ = ("before", "groups", "lane", "over", "probe_at", "reqs", "sent")
 
     def __init__(self, lane: _Lane, reqs: list[Request], groups: list[tuple]):
         self.lane = lane
@@ -151,6 +153,7 @@ class _Call:
         self.over = False  # answered, or given up on (a late answer is then ignored)
         self.sent = 0.0  # when it left (time.monotonic())
         self.probe_at = float("inf")  # when to ask the others who leads, if still unanswered
+        self.before = 0  # blocked callers' requests in its lane when its answer came
 
 
 class Channel:
@@ -254,6 +257,7 @@ class Channel:
 
     def _start(self, req: Request, blocking: bool = False) -> None:
         self._check_open()
+        req.waited = blocking
         launch: list[_Call] = []
         with self._lock:
             self._add(req)
@@ -292,6 +296,7 @@ class Channel:
         lane.queue.append(req)
         if lane.expect:
             lane.items += len(req)
+            lane.have += req.waited
             self._pump(lane, launch, time.monotonic())
         else:
             self._pump(lane, launch)
@@ -332,32 +337,34 @@ class Channel:
     def _holds(self, lane: _Lane, arrived: float) -> bool:
         """Under the lock: whether the lane's next call waits for more requests.
 
-        The callers a call answered (blocking threads, coroutines, the writers of a load) come
-        back a moment later with their next request, one after another. Sent as they come, the
-        first would leave alone and the rest wait a whole round for the next call: calls of 1
-        and 63 requests for 64 threads, not one of 64. So after a call that answered several
-        requests, the next waits for as many more as it answered, while they keep coming: each
-        within ``HOLD_GAP`` of the one before, for at most ``HOLD_MAX`` and never longer than
-        that call took (PostgreSQL's ``commit_delay`` with ``commit_siblings`` is the same
-        idea). A lone caller is never held, nor the rest of a batch: their call answered one
-        request."""
+        Blocked callers a call answered (threads in ``submit``, ``query``, a replicated
+        actor's ``ray.get``) come back a moment later with their next request, one after
+        another. Sent as they come, the first would leave alone and the rest wait a whole
+        round for the next call: calls of 1 and 63 requests for 64 threads, not one of 64. So
+        the next call waits until the blocked callers it answered are back, beside those that
+        waited meanwhile, as long as they keep coming: each within ``HOLD_GAP`` of the one
+        before, for at most ``HOLD_MAX`` and never longer than that call took (PostgreSQL's
+        ``commit_delay`` with ``commit_siblings`` is the same idea). Requests nobody blocks on
+        (futures, coroutines, batches, open-loop loads) are never waited for, and a lone
+        blocked caller is not held: it is all its call answered."""
         now = arrived or time.monotonic()
-        if (len(lane.queue) >= lane.expect or lane.items >= self.batch_limit or now >= lane.hold_end
-                or now - lane.last_in >= HOLD_GAP):
+        if (lane.have >= lane.expect or lane.items >= self.batch_limit or now >= lane.hold_end
+                or now >= lane.last_in + HOLD_GAP):
             lane.expect = 0
             return False
         if arrived:
             lane.last_in = arrived
-        if not lane.hold_timer:
-            lane.hold_timer = True
-            self._timer(min(lane.last_in + HOLD_GAP, lane.hold_end), lambda: self._hold_over(lane))
+        due = min(lane.last_in + HOLD_GAP, lane.hold_end)
+        if due < lane.hold_at:  # no timer looks at the lane by then: one more
+            lane.hold_at = due
+            self._timer(due, lambda: self._hold_over(lane))
         return True
 
     def _hold_over(self, lane: _Lane) -> None:
         """Timer thread: look again at a lane holding its next call."""
         launch: list[_Call] = []
         with self._lock:
-            lane.hold_timer = False
+            lane.hold_at = float("inf")
             self._pump(lane, launch)
         self._launch(launch)
 
@@ -474,11 +481,11 @@ class Channel:
             except Exception as exc:  # noqa: BLE001 - a handle Ray refuses: as if the call failed
                 self._failed(call, exc)
                 continue
-            self.calls += 1
             call.sent = time.monotonic()
             if lane.mode is None or lane.mode == LINEARIZABLE:
                 call.probe_at = call.sent + self.probe_after
             with self._lock:
+                self.calls += 1
                 if not call.over:
                     self._out.add(call)
             if own is not None and mine is None and own in call.reqs:
@@ -521,6 +528,7 @@ class Channel:
                 return
             call.over = True
             self._out.discard(call)
+            call.before = sum(r.waited for r in call.lane.queue)  # not its callers, come back already
         again: list[Request] = []
         reopen: list[Request] = []
         hint = 0
@@ -669,19 +677,23 @@ class Channel:
         self._launch(launch)
 
     def _expect(self, lane: _Lane, call: _Call) -> None:
-        """Under the lock: after ``call`` was answered, how many requests the lane's next call
-        waits for (see :meth:`_holds`): those queued meanwhile and as many more as it answered
-        (only if it answered several), unless those queued fill a call already."""
-        answered = len(call.reqs)
-        if answered < 2:
+        """Under the lock: after ``call`` was answered, how many blocked callers' requests the
+        lane's next call waits for (see :meth:`_holds`): those it answered, and those that
+        waited in the lane when its answer came; none unless it answered one at least and
+        there are two, or if those queued fill a call already."""
+        answered = sum(r.waited for r in call.reqs)
+        expect = answered + call.before
+        if not answered or expect < 2:
             return
-        items = 0
+        items = have = 0
         for r in lane.queue:
             items += len(r)
-            if items >= self.batch_limit:
-                return
+            have += r.waited
+        if items >= self.batch_limit:
+            return
         now = time.monotonic()
-        lane.expect = min(answered + len(lane.queue), self.batch_limit)
+        lane.expect = expect
+        lane.have = have
         lane.items = items
         lane.last_in = now
         lane.hold_end = now + min(HOLD_MAX, now - call.sent)

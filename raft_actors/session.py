@@ -67,7 +67,7 @@ class Request:
     """
 
     __slots__ = ("blob", "cid", "deadline", "ended", "in_flight", "items", "kind", "maybe_applied", "mode",
-                 "positions", "seqs", "session", "sink", "target", "tries")
+                 "positions", "seqs", "session", "sink", "target", "tries", "waited")
 
     def __init__(self, kind: str, items: list[Any], sink: Sink, deadline: float, session: Session | None = None,
                  mode: str | None = None, positions: Sequence[int] | None = None, blob: bytes | None = None):
@@ -86,6 +86,7 @@ class Request:
         self.ended = False  # its caller was given its end (a failure, a deadline): never sent again
         self.target = 0
         self.tries = 0
+        self.waited = False  # its caller is blocked until it ends (a driver may schedule by it)
 
     def __len__(self) -> int:
         return len(self.items)
