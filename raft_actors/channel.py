@@ -294,12 +294,13 @@ class Channel:
         else:
             lane = self._write_lane
         lane.queue.append(req)
+        arrived = 0.0  # a blocked caller's request, while the lane holds: when it came
         if lane.expect:
             lane.items += len(req)
-            lane.have += req.waited
-            self._pump(lane, launch, time.monotonic())
-        else:
-            self._pump(lane, launch)
+            if req.waited:
+                lane.have += 1
+                arrived = time.monotonic()
+        self._pump(lane, launch, arrived)
 
     def _node_ids(self) -> list[int]:
         """Under the lock: the cluster's nodes (a dead node whose actor was replaced counts
@@ -344,9 +345,12 @@ class Channel:
         the next call waits until the blocked callers it answered are back, beside those that
         waited meanwhile, as long as they keep coming: each within ``HOLD_GAP`` of the one
         before, for at most ``HOLD_MAX`` and never longer than that call took (PostgreSQL's
-        ``commit_delay`` with ``commit_siblings`` is the same idea). Requests nobody blocks on
-        (futures, coroutines, batches, open-loop loads) are never waited for, and a lone
-        blocked caller is not held: it is all its call answered."""
+        ``commit_delay`` with ``commit_siblings`` is the same idea). Only blocked callers'
+        single requests are counted and keep the hold going: futures, coroutines, batch runs
+        and open-loop loads are never waited for (they leave with the next call), and a lone
+        blocked caller is not held (it is all its call answered). Only the leader's lanes hold:
+        a follower's or any node's reads go round the nodes, so their callers come back to
+        another lane."""
         now = arrived or time.monotonic()
         if (lane.have >= lane.expect or lane.items >= self.batch_limit or now >= lane.hold_end
                 or now >= lane.last_in + HOLD_GAP):
@@ -528,7 +532,8 @@ class Channel:
                 return
             call.over = True
             self._out.discard(call)
-            call.before = sum(r.waited for r in call.lane.queue)  # not its callers, come back already
+            if any(r.waited for r in call.reqs):  # blocked callers queued before (not its own, come back already)
+                call.before = sum(r.waited for r in call.lane.queue)
         again: list[Request] = []
         reopen: list[Request] = []
         hint = 0
@@ -681,7 +686,9 @@ class Channel:
         lane's next call waits for (see :meth:`_holds`): those it answered, and those that
         waited in the lane when its answer came; none unless it answered one at least and
         there are two, or if those queued fill a call already."""
-        answered = sum(r.waited for r in call.reqs)
+        if lane.mode is not None and lane.mode != LINEARIZABLE:
+            return  # a follower's or any node's reads: their callers' next reads go to other nodes
+        answered = sum(r.waited and not r.ended for r in call.reqs)
         expect = answered + call.before
         if not answered or expect < 2:
             return

@@ -86,7 +86,7 @@ class Request:
         self.ended = False  # its caller was given its end (a failure, a deadline): never sent again
         self.target = 0
         self.tries = 0
-        self.waited = False  # its caller is blocked until it ends (a driver may schedule by it)
+        self.waited = False  # its caller is blocked until it ends (the Ray driver's channel schedules by it)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -98,6 +98,7 @@ class Request:
         if self.seqs:
             r.seqs = tuple(self.seqs[i] for i in keep)
         r.maybe_applied, r.tries, r.cid, r.target = self.maybe_applied, self.tries, self.cid, self.target
+        r.waited = self.waited
         r.ended = self.ended
         return r
 

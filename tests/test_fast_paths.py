@@ -119,6 +119,33 @@ def test_threads_in_lock_step_travel_in_one_call_a_round(cluster_factory, monkey
     assert calls <= rounds + 8, calls
 
 
+def test_a_lane_waiting_for_threads_that_are_gone_still_sends_what_else_comes(cluster_factory, monkeypatch) -> None:
+    """Threads whose last writes went in one call do not come back: the lane expects them, and a
+    future, a lone blocking call and a follower read made afterwards still leave, by the end of
+    the hold (at most the last call's duration), not by their deadline."""
+    from raft_actors import channel
+
+    monkeypatch.setattr(channel, "HOLD_GAP", 0.5)
+    cluster = cluster_factory(num_nodes=3, state_machine=Slow)
+    client = cluster.client()
+    client.submit(("tick",))
+    for _ in range(3):  # each time, the last call answers several threads at once
+        start = threading.Barrier(6)
+
+        def one(start: threading.Barrier = start) -> None:
+            start.wait()
+            client.submit(("spin", 0.01))
+
+        workers = [threading.Thread(target=one) for _ in range(6)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        assert client.submit_async(("tick",), timeout=30).result(timeout=20) > 0
+        assert client.submit(("tick",), timeout=30) > 0
+        assert client.query(("n",), consistency="follower", timeout=30) > 0
+
+
 def test_batches_keep_their_order_and_their_errors_apart(cluster_factory) -> None:
     cluster = cluster_factory(num_nodes=3, state_machine=Counter, config=RaftConfig(client_batch=64))
     client = cluster.client()
