@@ -141,7 +141,7 @@ class _Lane:
 
 
 class _Call:
-    __slots__ = ("before", "groups", "lane", "over", "probe_at", "reqs", "sent")
+    __slots__ = ("before", "groups", "lane", "over", "probe_at", "reqs", "sent", "waited")
 
     def __init__(self, lane: _Lane, reqs: list[Request], groups: list[tuple]):
         self.lane = lane
@@ -153,6 +153,7 @@ class _Call:
         self.over = False  # answered, or given up on (a late answer is then ignored)
         self.sent = 0.0  # when it left (time.monotonic())
         self.probe_at = float("inf")  # when to ask the others who leads, if still unanswered
+        self.waited = 0  # requests it carries whose callers are blocked on them (counted by _take)
         self.before = 0  # blocked callers' requests in its lane when its answer came
 
 
@@ -382,13 +383,14 @@ class Channel:
         q = lane.queue
         reqs: list[Request] = []
         groups: list[tuple] = []
-        n = 0
+        n = waited = 0
         while q and (n == 0 or n + len(q[0]) <= self.batch_limit):
             r = q.popleft()
             if r not in self._pending:
                 continue  # it expired while it waited
             reqs.append(r)
             n += len(r)
+            waited += r.waited
             r.in_flight = True
             r.tries += 1
             r.target = lane.node
@@ -417,7 +419,9 @@ class Channel:
         if not reqs:
             return None
         lane.in_flight += 1
-        return _Call(lane, reqs, groups)
+        call = _Call(lane, reqs, groups)
+        call.waited = waited
+        return call
 
     def _payload(self, call: _Call) -> bytes:
         """The call's bytes: each group's items encoded once. A request whose items cannot be
@@ -532,7 +536,7 @@ class Channel:
                 return
             call.over = True
             self._out.discard(call)
-            if any(r.waited for r in call.reqs):  # blocked callers queued before (not its own, come back already)
+            if call.waited:  # blocked callers queued before (not its own, come back already)
                 call.before = sum(r.waited for r in call.lane.queue)
         again: list[Request] = []
         reopen: list[Request] = []
@@ -686,8 +690,8 @@ class Channel:
         lane's next call waits for (see :meth:`_holds`): those it answered, and those that
         waited in the lane when its answer came; none unless it answered one at least and
         there are two, or if those queued fill a call already."""
-        if lane.mode is not None and lane.mode != LINEARIZABLE:
-            return  # a follower's or any node's reads: their callers' next reads go to other nodes
+        if not call.waited or (lane.mode is not None and lane.mode != LINEARIZABLE):
+            return  # no blocked caller; or a follower's or any node's reads, whose callers' next go elsewhere
         answered = sum(r.waited and not r.ended for r in call.reqs)
         expect = answered + call.before
         if not answered or expect < 2:
