@@ -304,6 +304,7 @@ class ReplicatedHandle:
         self._consistency = consistency
         self._timeout = timeout
         self._session = Session()
+        self._ch: Channel | None = None  # the process's channel to the cluster, once looked up
         self._outbox = _Outbox(self)
         self._kinds: dict[tuple[str | None, float], _Kind] = {}
 
@@ -313,7 +314,12 @@ class ReplicatedHandle:
 
     @property
     def _channel(self) -> Channel:
-        return self.cluster.channel
+        # Kept, as a client keeps it: looking it up takes the process-wide registry's lock,
+        # which every thread's call would otherwise contend for.
+        ch = self._ch
+        if ch is None or ch._closed:
+            ch = self._ch = self.cluster.channel
+        return ch
 
     def __getattr__(self, name: str) -> _Method:
         """``handle.method`` the first time: made, then kept as an attribute of the handle
@@ -561,6 +567,32 @@ class _Gathered(_Refs):
             self.ref._settle(values, None)
 
 
+class _Lone:
+    """The sink of one call whose maker waits for it on its own thread (see
+    :meth:`_Outbox.flush`): its result straight to its ref, with none of a run's counting."""
+
+    __slots__ = ("calls", "mode", "ref", "timeout")
+
+    def __init__(self, ref: RaftRef, kind: _Kind):
+        call, ref._call = ref._call, None
+        self.calls = [call]  # until it is sent
+        self.mode = kind.mode
+        self.timeout = kind.timeout
+        self.ref = ref
+
+    def put(self, positions: Sequence[int], values: Sequence[Any]) -> None:
+        self.ref._settle(values[0], None)
+
+    def put_error(self, position: int, exc: BaseException) -> None:
+        self.ref._settle(None, _unwrapped(exc))
+
+    def done(self) -> bool:
+        return self.ref._done
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        self.ref._on_done(lambda _: callback())
+
+
 class _Outbox:
     """A handle's calls on their way to the channel.
 
@@ -582,7 +614,7 @@ class _Outbox:
         self._sending = threading.RLock()  # one flush at a time: runs leave in the order made
         self._armed = False  # a timed flush is coming
         self._loops: set[asyncio.AbstractEventLoop] = set()  # a flush is coming at the end of their turn
-        self._writes_out: deque[_Refs] = deque()  # sent writes, oldest first, until answered
+        self._writes_out: deque[_Refs | _Lone] = deque()  # sent writes, oldest first, until answered
         self._batch = max(1, handle.cluster.config.client_batch)
 
     def add(self, ref: RaftRef) -> None:
@@ -632,16 +664,19 @@ class _Outbox:
             n = len(q)
             if not n:
                 return
-            refs = [q.popleft() for _ in range(n)]
-            lone = n == 1 and refs[0] is own and own._maker == _get_ident()
-            if not lone:
+            if n == 1 and q[0] is own and own._maker == _get_ident():
+                q.popleft()
+                lone = True
+            else:
+                lone = False
+                refs = [q.popleft() for _ in range(n)]
                 start = 0
                 for i in range(1, n + 1):
                     if i == n or refs[i]._kind is not refs[start]._kind:
                         self._send_run(refs[start:i])
                         start = i
         if lone:  # waited for outside the lock: other threads' calls go meanwhile
-            self._send_run(refs, blocking=True)
+            self._dispatch(_Lone(own, own._kind), blocking=True)
 
     def send_whole(self, sink: _Refs) -> None:
         """Send a run made whole by its caller (a map's), after every call queued before it."""
@@ -657,7 +692,7 @@ class _Outbox:
         kind = refs[0]._kind
         self._dispatch(_Refs(refs, calls, kind.mode, kind.timeout), blocking)
 
-    def _dispatch(self, sink: _Refs, blocking: bool = False) -> None:
+    def _dispatch(self, sink: _Refs | _Lone, blocking: bool = False) -> None:
         """A run leaves: writes now (and remembered until answered, for the reads after them),
         a read once the writes before it are answered."""
         if sink.mode is None:
@@ -669,7 +704,7 @@ class _Outbox:
         else:
             self._send_read(sink, blocking)
 
-    def _send_read(self, sink: _Refs, blocking: bool = False) -> None:
+    def _send_read(self, sink: _Refs | _Lone, blocking: bool = False) -> None:
         with self._lock:
             before = next((w for w in self._writes_out if not w.done()), None)
         if before is None:
@@ -677,7 +712,7 @@ class _Outbox:
         else:  # once that write is answered, look again (off the thread that answered it)
             before.on_done(lambda: _later(self._send_read, sink))
 
-    def _send(self, sink: _Refs, blocking: bool = False) -> None:
+    def _send(self, sink: _Refs | _Lone, blocking: bool = False) -> None:
         """Hand a run to the channel: one call as it is (the channel encodes it when it
         leaves, with what leaves beside it), more encoded here at once (an unpicklable one
         fails alone); ``blocking``: this thread waits for the run's Ray call (see :meth:`flush`)."""
@@ -807,7 +842,9 @@ class RaftRef(_RayGetProtocol):
         seconds (``None``: until the call's own deadline ends it), then raises
         ``ray.exceptions.GetTimeoutError``."""
         if not self._done:
-            self._send(waiting=timeout is None)  # (a lone call waited for on this thread has no timeout of its own)
+            kind = self._kind
+            if kind is not None:  # it leaves now if it has not (see _send)
+                kind.outbox.flush(self if timeout is None else None)  # (a lone call waited for here has no timeout of its own)
             with _callbacks_lock:
                 latch = self._latch
                 if latch is None and not self._done:

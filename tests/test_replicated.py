@@ -301,15 +301,15 @@ def test_a_call_another_thread_waits_for_still_applies_before_its_makers_next_ca
     tally = Tally.options(data_dir=str(tmp_path)).remote()
     try:
         outbox = tally._outbox
-        send_run = type(outbox)._send_run
+        dispatch = type(outbox)._dispatch
         maker_done = threading.Event()
 
-        def held(self, refs, blocking=False):  # the waiting thread is slow to send what it took
-            if blocking and refs[0] is first:
+        def held(self, sink, blocking=False):  # a thread sending what it took on its own is slow to
+            if blocking and getattr(sink, "ref", None) is first:
                 maker_done.wait(5)
-            return send_run(self, refs, blocking)
+            return dispatch(self, sink, blocking)
 
-        monkeypatch.setattr(type(outbox), "_send_run", held)
+        monkeypatch.setattr(type(outbox), "_dispatch", held)
         first = tally.incr.remote()
         got: list[int] = []
         waiter = threading.Thread(target=lambda: got.append(ray.get(first)))
@@ -319,6 +319,39 @@ def test_a_call_another_thread_waits_for_still_applies_before_its_makers_next_ca
         maker_done.set()
         waiter.join(30)
         assert got == [1] and second == 2  # in the order this thread made them
+    finally:
+        tally.cluster.shutdown(delete_data=True)
+
+
+def test_a_read_waits_for_a_write_another_thread_waits_for_on_its_own(ray_session, tmp_path, monkeypatch) -> None:
+    """A lone call its maker waits for leaves on the maker's thread, with a sink of its own; a
+    read made through the handle meanwhile (here by another thread) still leaves only once that
+    write has its result, so it sees it."""
+    tally = Tally.options(data_dir=str(tmp_path)).remote()
+    try:
+        ch = tally._channel
+        write = ch.write
+        entered, release = threading.Event(), threading.Event()
+
+        def held(session, commands, sink, timeout, blocking=False, blob=None):  # the write is slow to leave
+            if blocking:
+                entered.set()
+                release.wait(10)
+            return write(session, commands, sink, timeout, blocking=blocking, blob=blob)
+
+        monkeypatch.setattr(ch, "write", held)
+        got: dict[str, object] = {}
+        writer = threading.Thread(target=lambda: got.setdefault("write", ray.get(tally.incr.remote())))
+        writer.start()
+        assert entered.wait(10)
+        reader = threading.Thread(target=lambda: got.setdefault("read", ray.get(tally.value.remote())))
+        reader.start()
+        reader.join(0.3)
+        assert "read" not in got  # it waits for the write made before it
+        release.set()
+        writer.join(30)
+        reader.join(30)
+        assert got == {"write": 1, "read": (1, 0)}
     finally:
         tally.cluster.shutdown(delete_data=True)
 
