@@ -11,10 +11,10 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, Self
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import cloudpickle
-import pandas as pd
 import ray
 
 from .channel import Channel
@@ -34,6 +34,9 @@ from .errors import (
 from .node import CONCURRENCY_GROUPS, RaftNode, node_actor_name
 from .placement import Placement, choose_slots, slot_options
 from .state_machines import KVStore
+
+if TYPE_CHECKING:  # imported where a table is made: a script that never asks for one does not load pandas
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +329,8 @@ class RaftCluster:
 
         A node that does not answer (killed, restarting) shows role ``dead`` or ``unreachable``.
         """
+        import pandas as pd
+
         rows = []
         for i, st in sorted(self._statuses().items()):
             if st is None:
@@ -472,11 +477,13 @@ class RaftCluster:
         """What :meth:`add_node`, :meth:`promote`, :meth:`remove_node` and
         :meth:`replace_node` did, one row per step: wall-clock time, node, event, and seconds
         since the step's operation began, and details (rounds of catch-up, errors)."""
+        import pandas as pd
+
         return pd.DataFrame(self._membership_events, columns=["time", "node", "event", "seconds", "detail"])
 
     def _event(self, what: str, node_id: int, t0: float, at: float | None = None, detail: str = "") -> None:
         secs = time.monotonic() - t0 if at is None else at
-        self._membership_events.append({"time": pd.Timestamp.now(tz="UTC"), "node": node_id, "event": what,
+        self._membership_events.append({"time": datetime.now(UTC), "node": node_id, "event": what,
                                         "seconds": round(secs, 3), "detail": detail})
         log.info("node %s: %s (%.3fs)", node_id, what, secs)
 
