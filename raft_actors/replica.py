@@ -193,6 +193,14 @@ class Replica:
         self._synced_vote = (hs.term, hs.vote, hs.lost_state)
         if lost_state:
             self.mark_lost_state()
+        elif hs.term == 0 and not rec.entries and rec.snapshot is None:
+            # A new cluster's first boot: no node has a leader to hear from, so waiting out a
+            # whole election timeout first is only delay. As etcd does, the election clock
+            # starts one tick short of the shortest timeout: the first election comes after
+            # 1 to jitter + 1 ticks instead of election_ticks more. (Timing is liveness, never
+            # safety; a restarted node, which may have a leader to hear from, waits it out.)
+            for _ in range(config.election_ticks - 1):
+                self.core.tick()
         self.observer = observer
         self.inline_apply = inline_apply
         #: called (from the Raft side) whenever the apply side has new work
