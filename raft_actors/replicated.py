@@ -69,13 +69,15 @@ called on an instance made without ``__init__``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import InvalidStateError, ThreadPoolExecutor
 from threading import get_ident as _get_ident
 from typing import Any, Self
 
@@ -87,6 +89,8 @@ from .cluster import DEFAULT_NAMESPACE, RaftCluster
 from .errors import ClusterUnavailableError, CommandError, RaftError
 from .raycall import when_done
 from .session import LINEARIZABLE, READ_MODES, Session
+
+log = logging.getLogger(__name__)
 
 try:  # ray.get hands a CompiledDAGRef (and a list of them) to its own .get(): RaftRef is one
     from ray.experimental.compiled_dag_ref import CompiledDAGRef as _RayGetProtocol
@@ -317,7 +321,7 @@ class ReplicatedHandle:
         # Kept, as a client keeps it: looking it up takes the process-wide registry's lock,
         # which every thread's call would otherwise contend for.
         ch = self._ch
-        if ch is None or ch._closed:
+        if ch is None or (ch._closed and not self.cluster._closed):
             ch = self._ch = self.cluster.channel
         return ch
 
@@ -865,10 +869,11 @@ class RaftRef(_RayGetProtocol):
         fut: Future = Future()
 
         def settle(ref: RaftRef) -> None:
-            if ref._exc is not None:
-                fut.set_exception(ref._exc)
-            else:
-                fut.set_result(ref._value)
+            with contextlib.suppress(InvalidStateError):  # the caller cancelled it: nothing to give
+                if ref._exc is not None:
+                    fut.set_exception(ref._exc)
+                else:
+                    fut.set_result(ref._value)
 
         self._on_result(settle)
         return fut
@@ -925,7 +930,10 @@ def _wake(ref: RaftRef, latch: threading.Lock | None, callbacks: list | None) ->
     if latch is not None:
         latch.release()
     for cb in callbacks or ():
-        cb(ref)
+        try:
+            cb(ref)
+        except Exception:  # one callback's error must not keep the others (or the channel) from going on
+            log.exception("a replicated actor's ref callback raised")
 
 
 def _ready_any(refs: Sequence[Any], on_ready: Callable[[int], None]) -> None:

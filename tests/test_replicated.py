@@ -9,6 +9,7 @@ the same class in the simulator and the Jepsen-style suite.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
 import random
 import threading
@@ -23,6 +24,8 @@ from raft_actors.linearizability import UNKNOWN, Model, check
 from raft_actors.replicated import ReplicatedState
 
 from .conftest import wait_until
+
+replicated_module = importlib.import_module("raft_actors.replicated")  # (raft_actors.replicated is the decorator)
 
 
 @raft_actors.replicated
@@ -300,6 +303,7 @@ def test_a_call_another_thread_waits_for_still_applies_before_its_makers_next_ca
     session and applied before it."""
     tally = Tally.options(data_dir=str(tmp_path)).remote()
     try:
+        monkeypatch.setattr(replicated_module, "FLUSH_AFTER", 60.0)  # only a wait sends the call, not the timer
         outbox = tally._outbox
         dispatch = type(outbox)._dispatch
         maker_done = threading.Event()
@@ -329,6 +333,7 @@ def test_a_read_waits_for_a_write_another_thread_waits_for_on_its_own(ray_sessio
     write has its result, so it sees it."""
     tally = Tally.options(data_dir=str(tmp_path)).remote()
     try:
+        monkeypatch.setattr(replicated_module, "FLUSH_AFTER", 60.0)  # only the writer's wait sends its call
         ch = tally._channel
         write = ch.write
         entered, release = threading.Event(), threading.Event()
@@ -354,6 +359,22 @@ def test_a_read_waits_for_a_write_another_thread_waits_for_on_its_own(ray_sessio
         assert got == {"write": 1, "read": (1, 0)}
     finally:
         tally.cluster.shutdown(delete_data=True)
+
+
+def test_a_refs_future_cancelled_by_its_caller_does_not_stop_the_handle(bank, monkeypatch) -> None:
+    """Regression: a ref's ``future()`` cancelled before the result came made setting the
+    result raise on the thread handing results out: the callbacks after it (a read waiting for
+    that write) were skipped and the channel's write lane was left in flight for good."""
+    ch = bank._channel
+    held: list = []
+    monkeypatch.setattr(ch, "write", lambda *args, **kwargs: held.append((args, kwargs)))
+    fut = bank.deposit.remote("kim", 2).future()  # its call is held until the future is cancelled
+    assert fut.cancel()
+    monkeypatch.undo()
+    [(args, kwargs)] = held
+    ch.write(*args, **kwargs)
+    assert ray.get(bank.deposit.remote("kim", 2), timeout=30) == 2  # fee 1: the cancelled one was applied
+    assert ray.get(bank.balance.remote("kim"), timeout=30) == 2
 
 
 def test_a_plain_cluster_is_not_taken_for_a_replicated_actor(cluster_factory) -> None:
