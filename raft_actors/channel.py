@@ -551,7 +551,10 @@ class Channel:
                 else:
                     if r.kind == WRITE:
                         self.metrics.unknown += 1
-                    r.fail(UnknownOutcomeError(text) if r.kind == WRITE else RaftError(text))
+                    try:
+                        r.fail(UnknownOutcomeError(text) if r.kind == WRITE else RaftError(text))
+                    except Exception:  # a sink's error keeps neither the others nor the lane from going on
+                        log.exception("a request's sink raised")
         elif not answer[1] and not any(r.kind == OPEN for r in call.reqs):
             # every request answered with its value (the common case): straight to the sinks
             values = answer[0]
@@ -559,7 +562,10 @@ class Channel:
             for r in call.reqs:
                 n = len(r.items)
                 r.in_flight = False
-                r.sink.put(r.positions, values[off:off + n] if n > 1 else (values[off],))
+                try:
+                    r.sink.put(r.positions, values[off:off + n] if n > 1 else (values[off],))
+                except Exception:  # a sink's error keeps neither the others nor the lane from going on
+                    log.exception("a request's sink raised")
                 off += n
         else:
             values, errors = answer
@@ -573,7 +579,12 @@ class Channel:
                     off += n
                     continue
                 errs = {i - off: e for i, e in errors.items() if off <= i < off + n} if errors else {}
-                st = settle(r, values[off:off + n], errs)
+                try:
+                    st = settle(r, values[off:off + n], errs)
+                except Exception:  # (as above)
+                    log.exception("a request's sink raised")
+                    off += n
+                    continue
                 off += n
                 if st.expired and r.session is not None:
                     with self._lock:

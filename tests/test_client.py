@@ -115,6 +115,23 @@ def test_cancelling_one_call_does_not_strand_the_others(quirky) -> None:
     assert client._session.ack() == client._session.next_seq  # nothing outstanding: acknowledgements keep advancing
 
 
+def test_a_sink_that_raises_keeps_neither_its_call_nor_the_lane_from_going_on(quirky) -> None:
+    """Regression: a sink raising while its call's answer was handed out (a bug of ours once: a
+    cancelled future's) left the rest of that answer undelivered and the lane in flight for
+    good; every later write of the process waited out its deadline."""
+    client = quirky.client()
+    ch = client._channel
+
+    class Raising:
+        def put(self, positions, values):
+            raise RuntimeError("a sink's bug")
+
+        put_error = put
+
+    ch.write(client._session, ["x"], Raising(), 10.0)
+    assert isinstance(client.submit("x", timeout=20), int)
+
+
 def test_closing_or_shutting_down_fails_calls_instead_of_hanging(cluster_factory) -> None:
     cluster = cluster_factory(num_nodes=3)
     client = cluster.client()
