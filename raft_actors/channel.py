@@ -1063,20 +1063,22 @@ class Waiter(Many):
             raise RaftTimeoutError("the client channel did not answer")
 
 
-class AsyncOne:
-    """The sink of one coroutine's call: resolves an asyncio future from any thread."""
+class AsyncRun:
+    """The sink of coroutines' calls sent together (one, or a turn of an event loop's): resolves
+    each one's asyncio future, by position, from any thread."""
 
-    __slots__ = ("future", "loop")
+    __slots__ = ("futures", "loop")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, futures: list[asyncio.Future]):
         self.loop = loop
-        self.future = loop.create_future()
+        self.futures = futures
 
     def put(self, positions: Sequence[int], values: Sequence[Any]) -> None:
-        _resolve_soon(self.loop, self.future, values[0], None)
+        futures = self.futures
+        _resolve_soon(self.loop, [(futures[p], v, None) for p, v in zip(positions, values)])
 
     def put_error(self, position: int, exc: BaseException) -> None:
-        _resolve_soon(self.loop, self.future, None, exc)
+        _resolve_soon(self.loop, [(self.futures[position], None, exc)])
 
 
 # Coroutines are resolved in bunches: one call_soon_threadsafe (a write to the loop's wake-up
@@ -1085,7 +1087,9 @@ _batches: dict[asyncio.AbstractEventLoop, list] = {}
 _batches_lock = threading.Lock()
 
 
-def _resolve_soon(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, value: Any, exc: BaseException | None) -> None:
+def _resolve_soon(loop: asyncio.AbstractEventLoop,
+                  outcomes: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    """Resolve each ``(future, value, exception)`` of ``outcomes`` on ``loop``, soon."""
     with _batches_lock:
         batch = _batches.get(loop)
         if batch is None:
@@ -1093,7 +1097,7 @@ def _resolve_soon(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, value: A
             first = True
         else:
             first = False
-        batch.append((fut, value, exc))
+        batch += outcomes
     if first:
         try:
             loop.call_soon_threadsafe(_resolve_batch, loop)

@@ -16,9 +16,9 @@ from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures import InvalidStateError
 from typing import Any, Self
 
-from .channel import AsyncOne, Channel, Many, One, Waiter, _resolve_soon
+from .channel import AsyncRun, Channel, Many, One, Waiter, _resolve_soon
 from .config import RaftConfig
-from .errors import ClusterUnavailableError
+from .errors import ClusterUnavailableError, RaftError
 from .session import LINEARIZABLE, READ_MODES, Session
 
 __all__ = ["AsyncRaftClient", "RaftClient"]
@@ -181,15 +181,23 @@ class AsyncRaftClient(_Base):
     Calls from any number of coroutines (and event loops) share the process's channel; each
     ends by its deadline, with its result or a :class:`~raft_actors.errors.RaftError`. See
     :class:`RaftClient` for the semantics of each call.
+
+    The calls its coroutines make in one turn of an event loop leave together at the end of
+    the turn: one request per kind (writes; reads at one consistency) and deadline, encoded
+    once, as :meth:`submit_many` sends them. Each still ends on its own: its result, or its
+    own error (a command that cannot be pickled fails alone).
     """
+
+    def __init__(self, nodes: Callable[[], Mapping[int, Any]], config: RaftConfig,
+                 is_closed: Callable[[], bool] = lambda: False, channel: Channel | None = None):
+        super().__init__(nodes, config, is_closed, channel)
+        # calls of this turn of each loop, by (loop, read mode or None for writes, timeout)
+        self._turns: dict[tuple[asyncio.AbstractEventLoop, str | None, float], tuple[list, list]] = {}
 
     async def submit(self, command: Any, timeout: float | None = None) -> Any:
         """Commit ``command`` and return its result (see :meth:`RaftClient.submit`)."""
         self._check_open()
-        t = self._timeout(timeout)
-        sink = AsyncOne(asyncio.get_running_loop())
-        self._channel.write(self._session, [command], sink, t)
-        return await sink.future
+        return await self._in_turn(command, None, self._timeout(timeout))
 
     async def submit_many(self, commands: Sequence[Any], timeout: float | None = None,
                           return_exceptions: bool = False) -> list[Any]:
@@ -207,11 +215,7 @@ class AsyncRaftClient(_Base):
     async def query(self, query: Any, consistency: str = LINEARIZABLE, timeout: float | None = None) -> Any:
         """Answer ``query`` (see :meth:`RaftClient.query` for ``consistency``)."""
         self._check_open()
-        mode = self._mode(consistency)
-        t = self._timeout(timeout)
-        sink = AsyncOne(asyncio.get_running_loop())
-        self._channel.read([query], mode, sink, t)
-        return await sink.future
+        return await self._in_turn(query, self._mode(consistency), self._timeout(timeout))
 
     async def query_many(self, queries: Sequence[Any], consistency: str = LINEARIZABLE,
                          timeout: float | None = None, return_exceptions: bool = False) -> list[Any]:
@@ -226,6 +230,36 @@ class AsyncRaftClient(_Base):
         await fut
         return sink.results(return_exceptions)
 
+    def _in_turn(self, item: Any, mode: str | None, timeout: float) -> asyncio.Future:
+        """Queue a call (a command, or a query at consistency ``mode``) to leave with the others
+        of its kind made in this turn of the running loop; the future of its result."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        key = (loop, mode, timeout)
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = ([], [])
+            loop.call_soon(self._send_turn, key)  # runs once every coroutine ready now has run
+        turn[0].append(item)
+        turn[1].append(fut)
+        return fut
+
+    def _send_turn(self, key: tuple[asyncio.AbstractEventLoop, str | None, float]) -> None:
+        items, futures = self._turns.pop(key)
+        loop, mode, timeout = key
+        sink = AsyncRun(loop, futures)
+        try:
+            self._check_open()  # closed since: not sent
+            if len(items) > 1:
+                self._channel.send_runs(items, sink, timeout, self._session if mode is None else None, mode)
+            elif mode is None:
+                self._channel.write(self._session, items, sink, timeout)
+            else:
+                self._channel.read(items, mode, sink, timeout)
+        except RaftError as exc:  # the cluster or this client was closed: each call fails with it
+            for i in range(len(items)):
+                sink.put_error(i, exc)
+
     async def aclose(self) -> None:
         """Fail this client's pending calls with :class:`ClusterUnavailableError`."""
         if not self._closed:
@@ -236,4 +270,4 @@ class AsyncRaftClient(_Base):
 def _async_many(n: int) -> tuple[Many, asyncio.Future]:
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
-    return Many(n, lambda _: _resolve_soon(loop, fut, None, None)), fut
+    return Many(n, lambda _: _resolve_soon(loop, [(fut, None, None)])), fut

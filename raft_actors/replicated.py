@@ -496,6 +496,7 @@ class _Refs:
         refs = self.refs
         n = 0
         woken = []
+        awaited: dict[asyncio.AbstractEventLoop, list] | None = None  # coroutines' futures, by loop
         with _callbacks_lock:  # once for the run, not per ref
             for p, v in zip(positions, values):
                 r = refs[p]
@@ -504,9 +505,17 @@ class _Refs:
                     n += 1
                     w = r._take_waiters()
                     if w is not None:
-                        woken.append((r, w))
-        for r, (latch, callbacks) in woken:
-            _wake(r, latch, callbacks)
+                        latch, callbacks, afut = w
+                        if afut is not None:
+                            if awaited is None:
+                                awaited = {}
+                            awaited.setdefault(afut.get_loop(), []).append((afut, v, None))
+                        if latch is not None or callbacks is not None:
+                            woken.append((r, latch, callbacks))
+        for loop, outcomes in (awaited or {}).items():  # one hand-over to each loop for the run
+            _resolve_soon(loop, outcomes)
+        for r, latch, callbacks in woken:
+            _wake(r, latch, callbacks, None)
         self._count(n)
 
     def put_error(self, position: int, exc: BaseException) -> None:
@@ -643,6 +652,8 @@ class _Outbox:
     def flush_soon(self, loop: asyncio.AbstractEventLoop) -> None:
         """A coroutine awaits a ref: flush once this turn of ``loop`` is over, so that every
         coroutine that makes a call in it goes along."""
+        if loop in self._loops:  # coming already (only this loop's own thread takes it out)
+            return
         with self._lock:
             if not self._queued or loop in self._loops:
                 return
@@ -781,11 +792,12 @@ class RaftRef(_RayGetProtocol):
     # Slots, not the instance dict CompiledDAGRef gives: a ref is made per call and lives until
     # its batch is answered, and an instance dict materialised beside it (as CPython 3.11 does
     # once the class's shared keys are settled) doubles what the garbage collector tracks.
-    __slots__ = ("_call", "_callbacks", "_done", "_exc", "_kind", "_latch", "_maker", "_value")
+    __slots__ = ("_afut", "_call", "_callbacks", "_done", "_exc", "_kind", "_latch", "_maker", "_value")
     _value: Any
     _exc: BaseException | None
     _callbacks: list[Callable[[RaftRef], None]] | None
     _latch: threading.Lock | None  # made (held) when a thread waits for the result
+    _afut: asyncio.Future | None  # the future of the (first) coroutine awaiting the result
     _kind: _Kind | None  # where the call waits to be sent and what run it joins (None: nothing to send)
     _call: tuple | None  # (method, args[, kwargs]), until it is sent
     _maker: int | None  # the thread that made the call
@@ -794,7 +806,7 @@ class RaftRef(_RayGetProtocol):
     def __init__(self, call: tuple | None = None, kind: _Kind | None = None,
                  maker: int | None = None) -> None:  # not CompiledDAGRef's
         self._call, self._kind, self._maker = call, kind, maker
-        self._value = self._exc = self._callbacks = self._latch = None
+        self._value = self._exc = self._callbacks = self._latch = self._afut = None
         self._done = False
 
     def _settle(self, value: Any, exc: BaseException | None) -> bool:
@@ -808,13 +820,13 @@ class RaftRef(_RayGetProtocol):
             _wake(self, *woken)
         return True
 
-    def _take_waiters(self) -> tuple[threading.Lock | None, list | None] | None:
+    def _take_waiters(self) -> tuple[threading.Lock | None, list | None, asyncio.Future | None] | None:
         """Under ``_callbacks_lock``, once ``_done`` is set: who waits, to wake outside it."""
-        latch, callbacks = self._latch, self._callbacks
-        if latch is None and callbacks is None:
+        latch, callbacks, afut = self._latch, self._callbacks, self._afut
+        if latch is None and callbacks is None and afut is None:
             return None
-        self._callbacks = None
-        return latch, callbacks
+        self._callbacks = self._afut = None
+        return latch, callbacks, afut
 
     def _send(self, waiting: bool = False) -> None:
         """Someone waits for the result (``waiting``: this thread, blocked): the call leaves
@@ -881,11 +893,21 @@ class RaftRef(_RayGetProtocol):
     def __await__(self) -> Any:
         if not self._done:
             loop = asyncio.get_running_loop()
-            if self._kind is not None:
-                self._kind.outbox.flush_soon(loop)
-            fut = loop.create_future()
-            self._on_done(lambda ref: _resolve_soon(loop, fut, ref._value, ref._exc))
-            yield from fut.__await__()
+            kind = self._kind
+            if kind is not None:
+                kind.outbox.flush_soon(loop)
+            fut: asyncio.Future | None = loop.create_future()
+            with _callbacks_lock:
+                if self._done:
+                    fut = None
+                elif self._afut is None:
+                    self._afut = fut  # resolved with the others of its run: one hand-over to the loop
+                else:  # another coroutine awaits it too
+                    if self._callbacks is None:
+                        self._callbacks = []
+                    self._callbacks.append(lambda ref, f=fut: _resolve_soon(loop, [(f, ref._value, ref._exc)]))
+            if fut is not None:
+                return (yield from fut.__await__())
         return self.get()
 
     def object_ref(self, timeout: float | None = None) -> ray.ObjectRef:
@@ -926,9 +948,11 @@ class RaftRef(_RayGetProtocol):
 _callbacks_lock = threading.Lock()
 
 
-def _wake(ref: RaftRef, latch: threading.Lock | None, callbacks: list | None) -> None:
+def _wake(ref: RaftRef, latch: threading.Lock | None, callbacks: list | None, afut: asyncio.Future | None) -> None:
     if latch is not None:
         latch.release()
+    if afut is not None:
+        _resolve_soon(afut.get_loop(), [(afut, ref._value, ref._exc)])
     for cb in callbacks or ():
         try:
             cb(ref)

@@ -132,6 +132,45 @@ def test_a_sink_that_raises_keeps_neither_its_call_nor_the_lane_from_going_on(qu
     assert isinstance(client.submit("x", timeout=20), int)
 
 
+def test_an_asyncio_clients_calls_of_one_turn_leave_together_and_each_ends_on_its_own(quirky, monkeypatch) -> None:
+    """The calls an asyncio client's coroutines make in one turn of the loop leave as one
+    request per kind (not a request each); each still gets its own result, a command that
+    cannot be pickled fails alone, and calls queued when the client is closed fail."""
+    client = quirky.async_client()
+    ch = client._channel
+    start = type(ch)._start
+    sizes: list[int] = []
+
+    def counted(req, blocking=False):
+        sizes.append(len(req))
+        return start(ch, req, blocking)
+
+    monkeypatch.setattr(ch, "_start", counted)
+
+    async def one_turn():
+        writes = [asyncio.ensure_future(client.submit("x")) for _ in range(100)]
+        bad = asyncio.ensure_future(client.submit(threading.Lock()))
+        reads = [asyncio.ensure_future(client.query("n")) for _ in range(30)]
+        return (await asyncio.gather(*writes), await asyncio.gather(bad, return_exceptions=True),
+                await asyncio.gather(*reads))
+
+    writes, (bad,), reads = asyncio.run(one_turn())
+    assert sorted(sizes) == [30, 100]  # one request of the writes, one of the reads
+    assert len(set(writes)) == 100 and all(isinstance(r, int) for r in writes + reads)
+    assert isinstance(bad, CommandRejectedError)  # never sent; the others went without it
+
+    closing = quirky.async_client()
+
+    async def closed_in_the_turn():
+        call = asyncio.ensure_future(closing.submit("x"))
+        await asyncio.sleep(0)  # the call is made: queued to leave at the end of the turn
+        await closing.aclose()
+        return await asyncio.gather(call, return_exceptions=True)
+
+    (got,) = asyncio.run(closed_in_the_turn())
+    assert isinstance(got, ClusterUnavailableError)
+
+
 def test_closing_or_shutting_down_fails_calls_instead_of_hanging(cluster_factory) -> None:
     cluster = cluster_factory(num_nodes=3)
     client = cluster.client()

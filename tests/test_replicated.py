@@ -377,6 +377,17 @@ def test_a_refs_future_cancelled_by_its_caller_does_not_stop_the_handle(bank, mo
     assert ray.get(bank.balance.remote("kim"), timeout=30) == 2
 
 
+def test_coroutines_awaiting_one_ref_each_get_its_result_or_its_exception(bank) -> None:
+    async def run():
+        ref, bad = bank.deposit.remote("lu", 3), bank.deposit.remote("lu", -1)
+        got = await asyncio.gather(*(_await(r) for r in (ref, ref, ref, bad, bad)), return_exceptions=True)
+        return got, await ref  # and once more, after it is in
+
+    got, again = asyncio.run(run())
+    assert got[:3] == [2, 2, 2] and again == 2  # fee 1
+    assert all(isinstance(e, ValueError) for e in got[3:])
+
+
 def test_a_plain_cluster_is_not_taken_for_a_replicated_actor(cluster_factory) -> None:
     cluster = cluster_factory(num_nodes=1, name="test-plain-kv")
     with pytest.raises(TypeError, match="does not run a replicated class"):
