@@ -1110,8 +1110,13 @@ def _resolve_batch(loop: asyncio.AbstractEventLoop) -> None:
     with _batches_lock:
         batch = _batches.pop(loop, [])
     for fut, value, exc in batch:
-        if not fut.done():
-            if exc is None:
-                fut.set_result(value)
-            else:
-                fut.set_exception(exc)
+        if fut.done():
+            continue
+        if exc is None:
+            fut.set_result(value)
+        elif isinstance(exc, StopIteration):  # a future refuses it (asyncio turns it into this too)
+            err = RuntimeError(f"the call raised {exc!r}")
+            err.__cause__ = exc
+            fut.set_exception(err)
+        else:
+            fut.set_exception(exc)

@@ -18,7 +18,7 @@ from typing import Any, Self
 
 from .channel import AsyncRun, Channel, Many, One, Waiter, _resolve_soon
 from .config import RaftConfig
-from .errors import ClusterUnavailableError, RaftError
+from .errors import ClusterUnavailableError
 from .session import LINEARIZABLE, READ_MODES, Session
 
 __all__ = ["AsyncRaftClient", "RaftClient"]
@@ -183,16 +183,16 @@ class AsyncRaftClient(_Base):
     :class:`RaftClient` for the semantics of each call.
 
     The calls its coroutines make in one turn of an event loop leave together at the end of
-    the turn: one request per kind (writes; reads at one consistency) and deadline, encoded
-    once, as :meth:`submit_many` sends them. Each still ends on its own: its result, or its
-    own error (a command that cannot be pickled fails alone).
+    the turn, in the order made: one request per run of consecutive writes (or reads at one
+    consistency) with one deadline, encoded once, as :meth:`submit_many` sends them. Each still
+    ends on its own: its result, or its own error (a command that cannot be pickled fails alone).
     """
 
     def __init__(self, nodes: Callable[[], Mapping[int, Any]], config: RaftConfig,
                  is_closed: Callable[[], bool] = lambda: False, channel: Channel | None = None):
         super().__init__(nodes, config, is_closed, channel)
-        # calls of this turn of each loop, by (loop, read mode or None for writes, timeout)
-        self._turns: dict[tuple[asyncio.AbstractEventLoop, str | None, float], tuple[list, list]] = {}
+        # the calls made in this turn of each loop, in order: (read mode or None, timeout, item, future)
+        self._turns: dict[asyncio.AbstractEventLoop, list[tuple[str | None, float, Any, asyncio.Future]]] = {}
 
     async def submit(self, command: Any, timeout: float | None = None) -> Any:
         """Commit ``command`` and return its result (see :meth:`RaftClient.submit`)."""
@@ -207,6 +207,7 @@ class AsyncRaftClient(_Base):
         t = self._timeout(timeout)
         if not commands:
             return []
+        self._send_turns_now()  # calls made before these leave before them
         sink, fut = _async_many(len(commands))
         self._channel.send_runs(commands, sink, t, self._session)
         await fut
@@ -225,6 +226,7 @@ class AsyncRaftClient(_Base):
         t = self._timeout(timeout)
         if not queries:
             return []
+        self._send_turns_now()
         sink, fut = _async_many(len(queries))
         self._channel.send_runs(queries, sink, t, mode=mode)
         await fut
@@ -232,22 +234,37 @@ class AsyncRaftClient(_Base):
 
     def _in_turn(self, item: Any, mode: str | None, timeout: float) -> asyncio.Future:
         """Queue a call (a command, or a query at consistency ``mode``) to leave with the others
-        of its kind made in this turn of the running loop; the future of its result."""
+        made in this turn of the running loop; the future of its result."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        key = (loop, mode, timeout)
-        turn = self._turns.get(key)
+        turn = self._turns.get(loop)
         if turn is None:
-            turn = self._turns[key] = ([], [])
-            loop.call_soon(self._send_turn, key)  # runs once every coroutine ready now has run
-        turn[0].append(item)
-        turn[1].append(fut)
+            turn = self._turns[loop] = []
+            loop.call_soon(self._send_turn, loop)  # runs once every coroutine ready now has run
+        turn.append((mode, timeout, item, fut))
         return fut
 
-    def _send_turn(self, key: tuple[asyncio.AbstractEventLoop, str | None, float]) -> None:
-        items, futures = self._turns.pop(key)
-        loop, mode, timeout = key
-        sink = AsyncRun(loop, futures)
+    def _send_turns_now(self) -> None:
+        """Send what the running loop's coroutines queued in this turn now: a batch sent at
+        once must not overtake them (a session applies its writes in the order it made them)."""
+        self._send_turn(asyncio.get_running_loop())
+
+    def _send_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send the turn's calls in the order made: one request per run of consecutive writes
+        (or reads at one consistency) with one deadline."""
+        turn = self._turns.pop(loop, None)
+        if not turn:  # sent already (by _send_turns_now)
+            return
+        start = 0
+        for i in range(1, len(turn) + 1):
+            if i == len(turn) or turn[i][0] != turn[start][0] or turn[i][1] != turn[start][1]:
+                self._send_run(loop, turn[start:i])
+                start = i
+
+    def _send_run(self, loop: asyncio.AbstractEventLoop, run: list[tuple[str | None, float, Any, asyncio.Future]]) -> None:
+        mode, timeout = run[0][0], run[0][1]
+        items = [c[2] for c in run]
+        sink = AsyncRun(loop, [c[3] for c in run])
         try:
             self._check_open()  # closed since: not sent
             if len(items) > 1:
@@ -256,8 +273,8 @@ class AsyncRaftClient(_Base):
                 self._channel.write(self._session, items, sink, timeout)
             else:
                 self._channel.read(items, mode, sink, timeout)
-        except RaftError as exc:  # the cluster or this client was closed: each call fails with it
-            for i in range(len(items)):
+        except Exception as exc:  # noqa: BLE001 - closed since (RaftError), or anything else: each call
+            for i in range(len(items)):  # fails with it, rather than wait for a request never made
                 sink.put_error(i, exc)
 
     async def aclose(self) -> None:

@@ -115,6 +115,43 @@ def test_cancelling_one_call_does_not_strand_the_others(quirky) -> None:
     assert client._session.ack() == client._session.next_seq  # nothing outstanding: acknowledgements keep advancing
 
 
+def test_an_asyncio_clients_writes_apply_in_the_order_made_across_deadlines_and_batches(quirky) -> None:
+    """Regression: a turn's calls were grouped by deadline (a later call could leave before an
+    earlier one with another deadline) and a batch sent at once overtook the calls queued
+    before it in the turn; a session applies its writes in the order it made them."""
+    client = quirky.async_client()
+
+    async def run():
+        a = asyncio.ensure_future(client.submit("x", timeout=5))
+        b = asyncio.ensure_future(client.submit("x", timeout=7))
+        c = asyncio.ensure_future(client.submit("x", timeout=5))
+        await asyncio.sleep(0)  # the three are made, queued to leave at the end of this turn
+        many = await client.submit_many(["x", "x"])
+        return [await a, await b, await c, *many]
+
+    got = asyncio.run(run())
+    assert got == sorted(got) and len(set(got)) == 5  # Quirky counts the commands it applied
+
+
+def test_asyncio_calls_the_channel_refuses_fail_instead_of_hanging(quirky, monkeypatch) -> None:
+    """Regression: a turn's calls are handed to the channel after their coroutines made them;
+    an error other than a RaftError doing so went to the event loop's handler, and the calls,
+    never made into requests, waited for good (no deadline could end them)."""
+    client = quirky.async_client()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the channel is broken")
+
+    monkeypatch.setattr(client._channel, "send_runs", broken)
+    monkeypatch.setattr(client._channel, "write", broken)
+
+    async def run():
+        calls = (client.submit("x"), client.submit("x"), client.submit("x", timeout=3))  # a run of 2, then 1
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 20)
+
+    assert all(isinstance(got, RuntimeError) for got in asyncio.run(run()))
+
+
 def test_a_sink_that_raises_keeps_neither_its_call_nor_the_lane_from_going_on(quirky) -> None:
     """Regression: a sink raising while its call's answer was handed out (a bug of ours once: a
     cancelled future's) left the rest of that answer undelivered and the lane in flight for

@@ -42,6 +42,9 @@ class Bank:
     def leak(self) -> object:
         return ray.put(1)  # an ObjectRef as a result: refused
 
+    def stop(self) -> None:
+        raise StopIteration  # an exception an asyncio future refuses
+
     @raft_actors.read
     def balance(self, who: str) -> int:
         return self.accounts.get(who, 0)
@@ -386,6 +389,20 @@ def test_coroutines_awaiting_one_ref_each_get_its_result_or_its_exception(bank) 
     got, again = asyncio.run(run())
     assert got[:3] == [2, 2, 2] and again == 2  # fee 1
     assert all(isinstance(e, ValueError) for e in got[3:])
+
+
+def test_a_method_raising_stop_iteration_fails_its_coroutine_alone(bank) -> None:
+    """Regression: an asyncio future refuses StopIteration; setting it raised, and the
+    coroutines handed their results after it, in the same hand-over, were never resolved."""
+    async def run():
+        refs = [bank.deposit.remote("mo", 2), bank.stop.remote(), bank.deposit.remote("mo", 2)]
+        return await asyncio.wait_for(asyncio.gather(*(_await(r) for r in refs), return_exceptions=True), 30)
+
+    first, stopped, last = asyncio.run(run())
+    assert (first, last) == (1, 2)  # fee 1
+    assert isinstance(stopped, RuntimeError) and isinstance(stopped.__cause__, StopIteration)
+    with pytest.raises(StopIteration):  # outside a coroutine, as the method raised it
+        ray.get(bank.stop.remote())
 
 
 def test_a_plain_cluster_is_not_taken_for_a_replicated_actor(cluster_factory) -> None:
