@@ -35,9 +35,9 @@ them, as a Ray actor's calls from one caller run in order.
 Calls made back to back (a loop of ``.remote()``, the coroutines of one turn of an event
 loop, many threads at once) travel together: consecutive writes as one request, encoded once,
 in as few Ray calls as ``submit_many`` uses. A call leaves as soon as anyone waits for a ref of
-the handle, when a call's worth (``RaftConfig.client_batch``) is queued, and otherwise 1-21 ms
-after it was made (:data:`FLUSH_AFTER` plus ``FLUSH_SLACK``), so a call nobody waits for is
-applied too.
+the handle, when a call's worth (``RaftConfig.client_batch``) is queued, when the turn of the
+event loop it was made in ends (a call made in a coroutine), and otherwise 1-21 ms after it was
+made (:data:`FLUSH_AFTER` plus ``FLUSH_SLACK``), so a call nobody waits for is applied too.
 
 What ``.remote()`` returns is a :class:`RaftRef`: ``ray.get`` takes it (alone or in a list of
 them), ``await`` takes it, :func:`get` and :func:`wait` are ``ray.get`` and ``ray.wait`` for lists
@@ -613,8 +613,9 @@ class _Outbox:
     loop) leave together: one request per run of consecutive writes (or reads), encoded once
     on the caller's thread, as ``submit_many`` sends them. They leave as soon as anyone waits
     for one of the handle's refs (``ray.get``, ``await``, :func:`wait`, ...), when a run fills
-    a call (``RaftConfig.client_batch``), and otherwise :data:`FLUSH_AFTER` (up to
-    ``FLUSH_AFTER + FLUSH_SLACK``) seconds after the first of them. The calls of one thread
+    a call (``RaftConfig.client_batch``), when the turn of the event loop they were made in
+    ends, and otherwise :data:`FLUSH_AFTER` (up to ``FLUSH_AFTER + FLUSH_SLACK``) seconds after
+    the first of them. The calls of one thread
     leave in the order it made them; a read leaves once every write made before it through the
     handle has its result, so it sees them (as a Ray actor's calls from one caller run in
     order).
@@ -636,6 +637,8 @@ class _Outbox:
         q.append(ref)
         if len(q) >= self._batch:
             self.flush()
+        elif (loop := asyncio._get_running_loop()) is not None:  # made in a coroutine (or a callback):
+            self.flush_soon(loop)  # it leaves when this turn of the loop ends, with the others made in it
         elif not self._armed:
             self._armed = True  # two threads may both arm it: one flush then finds nothing
             try:

@@ -244,6 +244,18 @@ def test_calls_nobody_waits_for_are_sent_anyway_and_a_bad_argument_fails_alone(b
         ray.get(refs[1])
 
 
+def test_a_call_made_in_a_coroutine_leaves_when_the_loops_turn_ends(bank, monkeypatch) -> None:
+    monkeypatch.setattr(replicated_module, "FLUSH_AFTER", 60.0)  # not the timer: the turn's end
+
+    async def fire_and_forget() -> None:
+        bank.deposit.remote("nia", 2)  # never awaited
+        await asyncio.sleep(0.05)
+
+    asyncio.run(fire_and_forget())
+    probe = bank.cluster.client()
+    wait_until(lambda: probe.query(("balance", ("nia",))) == 1, timeout=30, what="the call to be sent")
+
+
 def test_map_calls_a_method_per_set_of_arguments_in_order_through_one_ref(bank) -> None:
     ch = bank.cluster.channel
     calls = ch.calls
