@@ -37,7 +37,8 @@ loop, many threads at once) travel together: consecutive writes as one request, 
 in as few Ray calls as ``submit_many`` uses. A call leaves as soon as anyone waits for a ref of
 the handle, when a call's worth (``RaftConfig.client_batch``) is queued, when the turn of the
 event loop it was made in ends (a call made in a coroutine), and otherwise 1-21 ms after it was
-made (:data:`FLUSH_AFTER` plus ``FLUSH_SLACK``), so a call nobody waits for is applied too.
+made (:data:`FLUSH_AFTER` plus ``FLUSH_SLACK``; 21-41 ms on a loop whose turn does not end), so
+a call nobody waits for is applied too.
 
 What ``.remote()`` returns is a :class:`RaftRef`: ``ray.get`` takes it (alone or in a list of
 them), ``await`` takes it, :func:`get` and :func:`wait` are ``ray.get`` and ``ray.wait`` for lists
@@ -637,12 +638,15 @@ class _Outbox:
         q.append(ref)
         if len(q) >= self._batch:
             self.flush()
-        elif (loop := asyncio._get_running_loop()) is not None:  # made in a coroutine (or a callback):
-            self.flush_soon(loop)  # it leaves when this turn of the loop ends, with the others made in it
-        elif not self._armed:
-            self._armed = True  # two threads may both arm it: one flush then finds nothing
-            try:
-                armed = self._handle._channel.call_later(FLUSH_AFTER, self._timed_flush, FLUSH_SLACK)
+            return
+        loop = asyncio._get_running_loop()
+        if loop is not None:  # made in a coroutine (or a callback): it leaves when this turn of the
+            self.flush_soon(loop)  # loop ends, with the others made in it
+        if not self._armed:  # the timer in any case, later in a loop (whose turn may not end soon:
+            self._armed = True  # blocking code in it), where its wake-ups would cost the loop's thread
+            try:  # (two threads may both arm it: one flush then finds nothing)
+                delay = FLUSH_AFTER if loop is None else FLUSH_AFTER + FLUSH_SLACK
+                armed = self._handle._channel.call_later(delay, self._timed_flush, FLUSH_SLACK)
             except Exception:  # noqa: BLE001 - no timer (the cluster is gone): the next wait sends it
                 armed = False
             if not armed:

@@ -256,6 +256,21 @@ def test_a_call_made_in_a_coroutine_leaves_when_the_loops_turn_ends(bank, monkey
     wait_until(lambda: probe.query(("balance", ("nia",))) == 1, timeout=30, what="the call to be sent")
 
 
+def test_a_call_made_in_a_loop_whose_turn_does_not_end_is_sent_anyway(bank) -> None:
+    probe = bank.cluster.client()
+
+    async def blocking() -> bool:
+        bank.deposit.remote("oz", 2)  # never awaited, and the loop is blocked below
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if probe.query(("balance", ("oz",))) == 1:
+                return True
+            time.sleep(0.01)  # noqa: ASYNC251 - blocking the loop on purpose: this turn does not end
+        return False
+
+    assert asyncio.run(blocking())
+
+
 def test_map_calls_a_method_per_set_of_arguments_in_order_through_one_ref(bank) -> None:
     ch = bank.cluster.channel
     calls = ch.calls
