@@ -184,8 +184,9 @@ class AsyncRaftClient(_Base):
 
     The calls its coroutines make in one turn of an event loop leave together at the end of
     the turn, in the order made: one request per run of consecutive writes (or reads at one
-    consistency) with one deadline, encoded once, as :meth:`submit_many` sends them. Each still
-    ends on its own: its result, or its own error (a command that cannot be pickled fails alone).
+    consistency) with one deadline, encoded once, as :meth:`submit_many` sends them (a
+    :meth:`submit_many` or :meth:`query_many` sends them first, at once). Each still ends on its
+    own: its result, or its own error (a command that cannot be pickled fails alone).
     """
 
     def __init__(self, nodes: Callable[[], Mapping[int, Any]], config: RaftConfig,

@@ -87,7 +87,7 @@ import ray
 
 from .channel import Channel, Many, _resolve_soon
 from .cluster import DEFAULT_NAMESPACE, RaftCluster
-from .errors import ClusterUnavailableError, CommandError, RaftError
+from .errors import ClusterUnavailableError, CommandError
 from .raycall import when_done
 from .session import LINEARIZABLE, READ_MODES, Session
 
@@ -448,6 +448,7 @@ def get_replicated(name: str, *, namespace: str = DEFAULT_NAMESPACE, address: st
 #: to ``FLUSH_SLACK`` later, when the channel's timer thread wakes anyway
 FLUSH_AFTER = 0.001
 FLUSH_SLACK = 0.02
+_NEVER = float("inf")
 
 
 def _unwrapped(exc: BaseException) -> BaseException:
@@ -616,7 +617,8 @@ class _Outbox:
     for one of the handle's refs (``ray.get``, ``await``, :func:`wait`, ...), when a run fills
     a call (``RaftConfig.client_batch``), when the turn of the event loop they were made in
     ends, and otherwise :data:`FLUSH_AFTER` (up to ``FLUSH_AFTER + FLUSH_SLACK``) seconds after
-    the first of them. The calls of one thread
+    the first of them (``FLUSH_AFTER + FLUSH_SLACK``, up to twice that, in an event loop). The
+    calls of one thread
     leave in the order it made them; a read leaves once every write made before it through the
     handle has its result, so it sees them (as a Ray actor's calls from one caller run in
     order).
@@ -627,7 +629,7 @@ class _Outbox:
         self._queued: deque[RaftRef] = deque()  # calls not sent, in the order made (appends need no lock)
         self._lock = threading.Lock()  # loops, writes_out
         self._sending = threading.RLock()  # one flush at a time: runs leave in the order made
-        self._armed = False  # a timed flush is coming
+        self._flush_by = _NEVER  # when the timed flush that comes first is due (time.monotonic())
         self._loops: set[asyncio.AbstractEventLoop] = set()  # a flush is coming at the end of their turn
         self._writes_out: deque[_Refs | _Lone] = deque()  # sent writes, oldest first, until answered
         self._batch = max(1, handle.cluster.config.client_batch)
@@ -642,23 +644,26 @@ class _Outbox:
         loop = asyncio._get_running_loop()
         if loop is not None:  # made in a coroutine (or a callback): it leaves when this turn of the
             self.flush_soon(loop)  # loop ends, with the others made in it
-        if not self._armed:  # the timer in any case, later in a loop (whose turn may not end soon:
-            self._armed = True  # blocking code in it), where its wake-ups would cost the loop's thread
-            try:  # (two threads may both arm it: one flush then finds nothing)
-                delay = FLUSH_AFTER if loop is None else FLUSH_AFTER + FLUSH_SLACK
+        # and by the timer in any case; later in a loop (its turn may not end soon: blocking code
+        # in it), where the timer's wake-ups would cost the loop's thread
+        delay = FLUSH_AFTER if loop is None else FLUSH_AFTER + FLUSH_SLACK
+        due = time.monotonic() + delay
+        if due < self._flush_by:  # no timed flush comes by then: one more (two threads may both arm
+            self._flush_by = due  # one: a flush then finds nothing)
+            try:
                 armed = self._handle._channel.call_later(delay, self._timed_flush, FLUSH_SLACK)
             except Exception:  # noqa: BLE001 - no timer (the cluster is gone): the next wait sends it
                 armed = False
             if not armed:
-                self._armed = False
+                self._flush_by = _NEVER
 
     def _timed_flush(self) -> None:
-        self._armed = False
+        self._flush_by = _NEVER
         self.flush()
 
     def flush_soon(self, loop: asyncio.AbstractEventLoop) -> None:
-        """A coroutine awaits a ref: flush once this turn of ``loop`` is over, so that every
-        coroutine that makes a call in it goes along."""
+        """A call was made, or a ref is awaited, on ``loop`` (its own thread): flush once this
+        turn of the loop is over, so that every coroutine that makes a call in it goes along."""
         if loop in self._loops:  # coming already (only this loop's own thread takes it out)
             return
         with self._lock:
@@ -748,8 +753,8 @@ class _Outbox:
                 ch.write(h._session, calls, sink, sink.timeout, blocking=blocking)
             else:
                 ch.read(calls, sink.mode, sink, sink.timeout, blocking=blocking)
-        except RaftError as exc:  # the cluster was shut down: every call of the run not answered yet fails
-            for i in range(len(calls)):
+        except Exception as exc:  # noqa: BLE001 - the cluster was shut down (RaftError), or anything
+            for i in range(len(calls)):  # else: every call of the run not answered yet fails with it
                 sink.put_error(i, exc)
 
 
